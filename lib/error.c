@@ -3,6 +3,8 @@
  */
 #include "workshop/error.h"
 
+#include <stddef.h>
+
 static const char *const names[WK_ERR__COUNT] = {
     [WK_OK] = "ok",
     [WK_ERR_BREAKER_OPEN] = "breaker open",
