@@ -1,0 +1,125 @@
+/*
+ * The admin listener: /healthz, /readyz and /metrics, on its own address so
+ * that metrics are not served to the traffic side. Routes never reach it.
+ */
+#include <errno.h>
+#include <microhttpd.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "log.h"
+#include "metrics.h"
+#include "server.h"
+
+static enum MHD_Result
+reply_text(struct MHD_Connection *conn, unsigned status,
+           const char *content_type, const char *body)
+{
+    struct MHD_Response *response = MHD_create_response_from_buffer(
+        strlen(body), (void *)body, MHD_RESPMEM_MUST_COPY);
+
+    if (response == NULL)
+        return MHD_NO;
+    MHD_add_response_header(response, "Content-Type", content_type);
+    MHD_add_response_header(response, "Cache-Control", "no-store");
+    enum MHD_Result rc = MHD_queue_response(conn, status, response);
+    MHD_destroy_response(response);
+    return rc;
+}
+
+static enum MHD_Result
+reply_metrics(struct gw_server *srv, struct MHD_Connection *conn)
+{
+    char *text;
+    size_t len;
+
+    if (gw_metrics_render(srv, &text, &len) != 0)
+        return reply_text(conn, 500, "text/plain; charset=utf-8",
+                          "cannot render metrics: out of memory\n");
+    struct MHD_Response *response =
+        MHD_create_response_from_buffer_with_free_callback(len, text, free);
+    if (response == NULL) {
+        free(text);
+        return MHD_NO;
+    }
+    MHD_add_response_header(response, "Content-Type",
+                            "text/plain; version=0.0.4; charset=utf-8");
+    MHD_add_response_header(response, "Cache-Control", "no-store");
+    enum MHD_Result rc = MHD_queue_response(conn, 200, response);
+    MHD_destroy_response(response);
+    return rc;
+}
+
+static enum MHD_Result
+on_admin(void *cls, struct MHD_Connection *conn, const char *url,
+         const char *method, const char *version, const char *upload_data,
+         size_t *upload_data_size, void **con_cls)
+{
+    struct gw_server *srv = cls;
+
+    (void)version;
+    (void)upload_data;
+    if (*con_cls == NULL) {
+        *con_cls = srv; /* first call: wait for the whole request */
+        return MHD_YES;
+    }
+    if (*upload_data_size > 0) {
+        *upload_data_size = 0; /* admin endpoints take no body */
+        return MHD_YES;
+    }
+    if (strcmp(method, "GET") != 0 && strcmp(method, "HEAD") != 0)
+        return reply_text(conn, 405, "text/plain; charset=utf-8",
+                          "only GET and HEAD are served here\n");
+    if (strcmp(url, "/healthz") == 0)
+        return reply_text(conn, 200, "text/plain; charset=utf-8", "ok\n");
+    if (strcmp(url, "/readyz") == 0) {
+        if (atomic_load(&srv->draining))
+            return reply_text(conn, 503, "text/plain; charset=utf-8",
+                              "draining\n");
+        if (!atomic_load(&srv->ready))
+            return reply_text(conn, 503, "text/plain; charset=utf-8",
+                              "starting\n");
+        return reply_text(conn, 200, "text/plain; charset=utf-8", "ready\n");
+    }
+    if (strcmp(url, "/metrics") == 0)
+        return reply_metrics(srv, conn);
+    return reply_text(conn, 404, "text/plain; charset=utf-8",
+                      "not found; try /metrics, /healthz or /readyz\n");
+}
+
+static void
+mhd_log(void *cls, const char *fmt, va_list ap)
+{
+    char line[512];
+
+    (void)cls;
+    vsnprintf(line, sizeof(line), fmt, ap);
+    line[strcspn(line, "\n")] = '\0';
+    gw_log_warn("libmicrohttpd (admin): %s", line);
+}
+
+int
+gw_admin_start_daemon(struct gw_server *srv)
+{
+    const struct gw_config *cfg = srv->current->config;
+    unsigned flags = MHD_USE_EPOLL_INTERNAL_THREAD | MHD_USE_ERROR_LOG;
+
+    if (cfg->admin_listen.addr.ss_family == AF_INET6)
+        flags |= MHD_USE_IPv6;
+    srv->admin = MHD_start_daemon(
+        flags, 0, NULL, NULL, on_admin, srv, MHD_OPTION_EXTERNAL_LOGGER,
+        mhd_log, NULL, MHD_OPTION_SOCK_ADDR,
+        (const struct sockaddr *)&cfg->admin_listen.addr,
+        MHD_OPTION_CONNECTION_LIMIT, 64u, MHD_OPTION_CONNECTION_TIMEOUT, 10u,
+        MHD_OPTION_LISTENING_ADDRESS_REUSE, 1u, MHD_OPTION_END);
+    if (srv->admin == NULL) {
+        gw_log_error("admin: cannot listen on %s: %s", cfg->admin_listen.text,
+                     strerror(errno));
+        return -1;
+    }
+    const union MHD_DaemonInfo *info =
+        MHD_get_daemon_info(srv->admin, MHD_DAEMON_INFO_BIND_PORT);
+    srv->admin_port = info != NULL ? info->port : 0;
+    return 0;
+}

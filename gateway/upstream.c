@@ -1,0 +1,643 @@
+/*
+ * The upstream event loop: epoll plus a libcurl multi handle in socket mode.
+ *
+ * Other threads hand calls over through a mutex-protected queue and an
+ * eventfd. Everything else (easy handles, the multi handle, epoll
+ * registrations, the curl timer) is touched only by the loop thread.
+ */
+#include "upstream.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "log.h"
+
+#define EVENTS_PER_WAIT 256
+#define EASY_CACHE_MAX 256
+
+struct gw_upstream {
+    pthread_t thread;
+    int epoll_fd;
+    int event_fd;
+    CURLM *multi;
+
+    pthread_mutex_t lock; /* guards the queues and stopping */
+    struct gw_upstream_call *submit_head;
+    struct gw_upstream_call *submit_tail;
+    struct gw_upstream_call *cancel_head;
+    bool stopping;
+
+    /* Loop thread only. */
+    int64_t timer_deadline_ms; /* -1: no curl timer pending */
+    struct gw_upstream_call *active; /* calls added to the multi handle */
+    CURL *easy_cache[EASY_CACHE_MAX];
+    size_t easy_cached;
+};
+
+static const char *const outcome_names[] = {
+    [GW_UP_OK] = "ok",
+    [GW_UP_CONNECT_FAILED] = "connect failed",
+    [GW_UP_TIMEOUT] = "timed out",
+    [GW_UP_PROTOCOL] = "protocol error",
+    [GW_UP_TOO_LARGE] = "response too large",
+    [GW_UP_CANCELLED] = "cancelled",
+    [GW_UP_NOMEM] = "out of memory",
+};
+
+const char *
+gw_upstream_outcome_name(enum gw_upstream_outcome outcome)
+{
+    return outcome_names[outcome];
+}
+
+static int64_t
+now_ms(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* --- header lists ------------------------------------------------------ */
+
+void
+gw_header_list_clear(struct gw_header_list *list)
+{
+    for (size_t i = 0; i < list->count; i++) {
+        free(list->items[i].name);
+        free(list->items[i].value);
+    }
+    free(list->items);
+    memset(list, 0, sizeof(*list));
+}
+
+int
+gw_header_list_add(struct gw_header_list *list, const char *name,
+                   size_t name_len, const char *value, size_t value_len)
+{
+    if (list->count == list->capacity) {
+        size_t cap = list->capacity ? list->capacity * 2 : 16;
+        struct gw_header *items = realloc(list->items, cap * sizeof(*items));
+        if (items == NULL)
+            return -1;
+        list->items = items;
+        list->capacity = cap;
+    }
+    char *n = strndup(name, name_len);
+    char *v = strndup(value, value_len);
+    if (n == NULL || v == NULL) {
+        free(n);
+        free(v);
+        return -1;
+    }
+    list->items[list->count].name = n;
+    list->items[list->count].value = v;
+    list->count++;
+    return 0;
+}
+
+void
+gw_upstream_call_reset(struct gw_upstream_call *call)
+{
+    free(call->url);
+    call->url = NULL;
+    curl_slist_free_all(call->headers);
+    call->headers = NULL;
+    gw_header_list_clear(&call->response_headers);
+    free(call->response_body);
+    call->response_body = NULL;
+    call->response_len = 0;
+    call->response_capacity = 0;
+}
+
+/* --- curl callbacks (loop thread) --------------------------------------- */
+
+/* Appends a folded continuation line to the last header's value. */
+static int
+unfold_header(struct gw_header_list *list, const char *line, size_t len)
+{
+    if (list->count == 0)
+        return -1;
+    struct gw_header *h = &list->items[list->count - 1];
+    size_t old = strlen(h->value);
+    char *v = realloc(h->value, old + 1 + len + 1);
+    if (v == NULL)
+        return -1;
+    v[old] = ' ';
+    memcpy(v + old + 1, line, len);
+    v[old + 1 + len] = '\0';
+    h->value = v;
+    return 0;
+}
+
+/*
+ * Receives the response head one line at a time. A status line starts a new
+ * head (after 1xx responses); a name: value line is one field.
+ */
+static size_t
+on_header(char *data, size_t size, size_t count, void *arg)
+{
+    struct gw_upstream_call *call = arg;
+    size_t len = size * count;
+    size_t total = len;
+
+    call->head_bytes += len;
+    if (call->head_bytes > call->max_head_bytes) {
+        call->over_limit = true;
+        return 0;
+    }
+    while (len > 0 && (data[len - 1] == '\n' || data[len - 1] == '\r'))
+        len--;
+    if (len == 0)
+        return total; /* the blank line that ends a head */
+    if (len >= 5 && strncmp(data, "HTTP/", 5) == 0) {
+        gw_header_list_clear(&call->response_headers);
+        return total;
+    }
+    if (data[0] == ' ' || data[0] == '\t') {
+        size_t skip = 0;
+        while (skip < len && (data[skip] == ' ' || data[skip] == '\t'))
+            skip++;
+        return unfold_header(&call->response_headers, data + skip,
+                             len - skip) == 0
+                   ? total
+                   : 0;
+    }
+    const char *colon = memchr(data, ':', len);
+    if (colon == NULL || colon == data)
+        return 0; /* not a field line: an invalid head */
+    const char *value = colon + 1;
+    const char *end = data + len;
+    while (value < end && (*value == ' ' || *value == '\t'))
+        value++;
+    while (end > value && (end[-1] == ' ' || end[-1] == '\t'))
+        end--;
+    if (gw_header_list_add(&call->response_headers, data,
+                           (size_t)(colon - data), value,
+                           (size_t)(end - value)) != 0)
+        return 0;
+    return total;
+}
+
+static size_t
+on_body(char *data, size_t size, size_t count, void *arg)
+{
+    struct gw_upstream_call *call = arg;
+    size_t len = size * count;
+
+    if (call->response_len + len > call->max_body_bytes) {
+        call->over_limit = true;
+        return 0;
+    }
+    if (call->response_len + len + 1 > call->response_capacity) {
+        size_t cap = call->response_capacity ? call->response_capacity : 4096;
+        while (cap < call->response_len + len + 1)
+            cap *= 2;
+        char *body = realloc(call->response_body, cap);
+        if (body == NULL)
+            return 0;
+        call->response_body = body;
+        call->response_capacity = cap;
+    }
+    memcpy(call->response_body + call->response_len, data, len);
+    call->response_len += len;
+    return len;
+}
+
+static int
+on_socket(CURL *easy, curl_socket_t fd, int what, void *arg, void *socket_arg)
+{
+    struct gw_upstream *up = arg;
+    struct epoll_event ev = {.data.fd = fd};
+
+    (void)easy;
+    if (what == CURL_POLL_REMOVE) {
+        /* curl may have closed fd already; then the kernel dropped it. */
+        epoll_ctl(up->epoll_fd, EPOLL_CTL_DEL, fd, NULL);
+        curl_multi_assign(up->multi, fd, NULL);
+        return 0;
+    }
+    if (what == CURL_POLL_IN || what == CURL_POLL_INOUT)
+        ev.events |= EPOLLIN;
+    if (what == CURL_POLL_OUT || what == CURL_POLL_INOUT)
+        ev.events |= EPOLLOUT;
+    int op = socket_arg != NULL ? EPOLL_CTL_MOD : EPOLL_CTL_ADD;
+    if (epoll_ctl(up->epoll_fd, op, fd, &ev) != 0) {
+        int retry = op == EPOLL_CTL_MOD ? EPOLL_CTL_ADD : EPOLL_CTL_MOD;
+        if (epoll_ctl(up->epoll_fd, retry, fd, &ev) != 0) {
+            gw_log_error("upstream: epoll_ctl on fd %d failed: %s", fd,
+                         strerror(errno));
+            return -1;
+        }
+    }
+    curl_multi_assign(up->multi, fd, (void *)1);
+    return 0;
+}
+
+static int
+on_timer(CURLM *multi, long timeout_ms, void *arg)
+{
+    struct gw_upstream *up = arg;
+
+    (void)multi;
+    up->timer_deadline_ms = timeout_ms < 0 ? -1 : now_ms() + timeout_ms;
+    return 0;
+}
+
+/* --- calls (loop thread) ------------------------------------------------- */
+
+static CURL *
+easy_get(struct gw_upstream *up)
+{
+    if (up->easy_cached > 0) {
+        CURL *easy = up->easy_cache[--up->easy_cached];
+        curl_easy_reset(easy);
+        return easy;
+    }
+    return curl_easy_init();
+}
+
+static void
+easy_put(struct gw_upstream *up, CURL *easy)
+{
+    if (up->easy_cached < EASY_CACHE_MAX)
+        up->easy_cache[up->easy_cached++] = easy;
+    else
+        curl_easy_cleanup(easy);
+}
+
+/* Removes call from the cancel queue; the caller holds up->lock. */
+static void
+unqueue_cancel_locked(struct gw_upstream *up, struct gw_upstream_call *call)
+{
+    for (struct gw_upstream_call **p = &up->cancel_head; *p != NULL;
+         p = &(*p)->cancel_next) {
+        if (*p == call) {
+            *p = call->cancel_next;
+            break;
+        }
+    }
+    call->cancel_queued = false;
+    call->cancel_next = NULL;
+}
+
+/* Ends call with outcome and runs its done callback. */
+static void
+finish(struct gw_upstream *up, struct gw_upstream_call *call,
+       enum gw_upstream_outcome outcome)
+{
+    if (call->easy != NULL) {
+        if (call->active_prev != NULL)
+            call->active_prev->active_next = call->active_next;
+        else
+            up->active = call->active_next;
+        if (call->active_next != NULL)
+            call->active_next->active_prev = call->active_prev;
+        call->active_prev = call->active_next = NULL;
+        curl_multi_remove_handle(up->multi, call->easy);
+        easy_put(up, call->easy);
+        call->easy = NULL;
+    }
+    call->outcome = outcome;
+    if (outcome != GW_UP_OK) {
+        free(call->response_body);
+        call->response_body = NULL;
+        call->response_len = 0;
+        call->response_capacity = 0;
+    }
+    pthread_mutex_lock(&up->lock);
+    call->finished = true;
+    if (call->cancel_queued)
+        unqueue_cancel_locked(up, call);
+    pthread_mutex_unlock(&up->lock);
+    call->done(call);
+}
+
+static enum gw_upstream_outcome
+classify(const struct gw_upstream_call *call, CURLcode code)
+{
+    switch (code) {
+    case CURLE_OK:
+        return GW_UP_OK;
+    case CURLE_COULDNT_CONNECT:
+    case CURLE_COULDNT_RESOLVE_HOST:
+        return GW_UP_CONNECT_FAILED;
+    case CURLE_OPERATION_TIMEDOUT:
+        return GW_UP_TIMEOUT;
+    case CURLE_OUT_OF_MEMORY:
+        return GW_UP_NOMEM;
+    case CURLE_WRITE_ERROR:
+        return call->over_limit ? GW_UP_TOO_LARGE : GW_UP_NOMEM;
+    default:
+        return GW_UP_PROTOCOL;
+    }
+}
+
+static void
+set_method(CURL *easy, const struct gw_upstream_call *call)
+{
+    if (strcmp(call->method, "GET") == 0 && !call->send_body) {
+        curl_easy_setopt(easy, CURLOPT_HTTPGET, 1L);
+    } else if (strcmp(call->method, "HEAD") == 0 && !call->send_body) {
+        curl_easy_setopt(easy, CURLOPT_NOBODY, 1L);
+    } else {
+        curl_easy_setopt(easy, CURLOPT_CUSTOMREQUEST, call->method);
+    }
+    if (call->send_body) {
+        curl_easy_setopt(easy, CURLOPT_POSTFIELDSIZE_LARGE,
+                         (curl_off_t)call->body_len);
+        curl_easy_setopt(easy, CURLOPT_POSTFIELDS,
+                         call->body != NULL ? call->body : "");
+    }
+}
+
+static void
+start(struct gw_upstream *up, struct gw_upstream_call *call)
+{
+    CURL *easy = easy_get(up);
+
+    call->outcome = GW_UP_OK;
+    call->status = 0;
+    call->head_bytes = 0;
+    call->over_limit = false;
+    call->finished = false;
+    call->error[0] = '\0';
+    if (easy == NULL) {
+        finish(up, call, GW_UP_NOMEM);
+        return;
+    }
+    call->easy = easy;
+    curl_easy_setopt(easy, CURLOPT_URL, call->url);
+    curl_easy_setopt(easy, CURLOPT_PRIVATE, call);
+    curl_easy_setopt(easy, CURLOPT_HTTPHEADER, call->headers);
+    curl_easy_setopt(easy, CURLOPT_HEADERFUNCTION, on_header);
+    curl_easy_setopt(easy, CURLOPT_HEADERDATA, call);
+    curl_easy_setopt(easy, CURLOPT_WRITEFUNCTION, on_body);
+    curl_easy_setopt(easy, CURLOPT_WRITEDATA, call);
+    curl_easy_setopt(easy, CURLOPT_ERRORBUFFER, call->error);
+    curl_easy_setopt(easy, CURLOPT_CONNECTTIMEOUT_MS, call->connect_timeout_ms);
+    curl_easy_setopt(easy, CURLOPT_TIMEOUT_MS, call->timeout_ms);
+    curl_easy_setopt(easy, CURLOPT_NOSIGNAL, 1L);
+    curl_easy_setopt(easy, CURLOPT_PATH_AS_IS, 1L);
+    curl_easy_setopt(easy, CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_1_1);
+    curl_easy_setopt(easy, CURLOPT_TCP_NODELAY, 1L);
+    curl_easy_setopt(easy, CURLOPT_TCP_KEEPALIVE, 1L);
+    /* The gateway forwards bodies exactly as received: no decoding. */
+    curl_easy_setopt(easy, CURLOPT_HTTP_CONTENT_DECODING, 0L);
+    set_method(easy, call);
+
+    CURLMcode rc = curl_multi_add_handle(up->multi, easy);
+    if (rc != CURLM_OK) {
+        snprintf(call->error, sizeof(call->error), "%s",
+                 curl_multi_strerror(rc));
+        curl_easy_cleanup(easy);
+        call->easy = NULL;
+        finish(up, call, GW_UP_NOMEM);
+        return;
+    }
+    call->active_prev = NULL;
+    call->active_next = up->active;
+    if (up->active != NULL)
+        up->active->active_prev = call;
+    up->active = call;
+}
+
+static void
+collect_finished(struct gw_upstream *up)
+{
+    CURLMsg *msg;
+    int left;
+
+    while ((msg = curl_multi_info_read(up->multi, &left)) != NULL) {
+        struct gw_upstream_call *call = NULL;
+
+        if (msg->msg != CURLMSG_DONE)
+            continue;
+        curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE, (char **)&call);
+        CURLcode code = msg->data.result;
+        curl_easy_getinfo(msg->easy_handle, CURLINFO_RESPONSE_CODE,
+                          &call->status);
+        if (code != CURLE_OK && call->error[0] == '\0')
+            snprintf(call->error, sizeof(call->error), "%s",
+                     curl_easy_strerror(code));
+        if (code == CURLE_OK && call->status < 100) {
+            snprintf(call->error, sizeof(call->error), "no status line");
+            finish(up, call, GW_UP_PROTOCOL);
+            continue;
+        }
+        finish(up, call, classify(call, code));
+    }
+}
+
+/* Takes the queued submissions and cancellations and acts on them. */
+static bool
+drain_queues(struct gw_upstream *up)
+{
+    uint64_t ignored;
+    ssize_t n = read(up->event_fd, &ignored, sizeof(ignored));
+    (void)n;
+
+    pthread_mutex_lock(&up->lock);
+    struct gw_upstream_call *submitted = up->submit_head;
+    up->submit_head = up->submit_tail = NULL;
+    struct gw_upstream_call *cancelled = up->cancel_head;
+    up->cancel_head = NULL;
+    for (struct gw_upstream_call *c = cancelled; c != NULL; c = c->cancel_next)
+        c->cancel_queued = false;
+    bool stopping = up->stopping;
+    pthread_mutex_unlock(&up->lock);
+
+    while (submitted != NULL) {
+        struct gw_upstream_call *next = submitted->next;
+        submitted->next = NULL;
+        start(up, submitted);
+        submitted = next;
+    }
+    /* A cancelled call is still ours: finish() unqueues it under the lock
+     * before running done, so it cannot be in this list once freed. */
+    while (cancelled != NULL) {
+        struct gw_upstream_call *next = cancelled->cancel_next;
+        cancelled->cancel_next = NULL;
+        if (!cancelled->finished)
+            finish(up, cancelled, GW_UP_CANCELLED);
+        cancelled = next;
+    }
+    return stopping;
+}
+
+static int
+wait_timeout_ms(const struct gw_upstream *up)
+{
+    if (up->timer_deadline_ms < 0)
+        return -1;
+    int64_t left = up->timer_deadline_ms - now_ms();
+    if (left <= 0)
+        return 0;
+    return left > 60000 ? 60000 : (int)left;
+}
+
+static void
+cancel_all(struct gw_upstream *up)
+{
+    while (up->active != NULL)
+        finish(up, up->active, GW_UP_CANCELLED);
+}
+
+static void *
+loop_main(void *arg)
+{
+    struct gw_upstream *up = arg;
+    struct epoll_event events[EVENTS_PER_WAIT];
+    int running;
+
+    for (;;) {
+        int n = epoll_wait(up->epoll_fd, events, EVENTS_PER_WAIT,
+                           wait_timeout_ms(up));
+        if (n < 0 && errno != EINTR) {
+            gw_log_error("upstream: epoll_wait failed: %s", strerror(errno));
+            break;
+        }
+        bool stopping = false;
+        for (int i = 0; i < n; i++) {
+            int fd = events[i].data.fd;
+            if (fd == up->event_fd) {
+                stopping = drain_queues(up);
+                continue;
+            }
+            int flags = 0;
+            if (events[i].events & EPOLLIN)
+                flags |= CURL_CSELECT_IN;
+            if (events[i].events & EPOLLOUT)
+                flags |= CURL_CSELECT_OUT;
+            if (events[i].events & (EPOLLERR | EPOLLHUP))
+                flags |= CURL_CSELECT_ERR;
+            curl_multi_socket_action(up->multi, fd, flags, &running);
+        }
+        if (up->timer_deadline_ms >= 0 && now_ms() >= up->timer_deadline_ms) {
+            up->timer_deadline_ms = -1;
+            curl_multi_socket_action(up->multi, CURL_SOCKET_TIMEOUT, 0,
+                                     &running);
+        }
+        collect_finished(up);
+        if (stopping)
+            break;
+    }
+    cancel_all(up);
+    return NULL;
+}
+
+/* --- public ---------------------------------------------------------------- */
+
+static void
+wake(struct gw_upstream *up)
+{
+    uint64_t one = 1;
+    ssize_t n = write(up->event_fd, &one, sizeof(one));
+    (void)n; /* a full counter still wakes the loop */
+}
+
+void
+gw_upstream_submit(struct gw_upstream *up, struct gw_upstream_call *call)
+{
+    call->next = NULL;
+    call->finished = false;
+    pthread_mutex_lock(&up->lock);
+    bool was_empty = up->submit_head == NULL;
+    if (up->submit_tail != NULL)
+        up->submit_tail->next = call;
+    else
+        up->submit_head = call;
+    up->submit_tail = call;
+    pthread_mutex_unlock(&up->lock);
+    if (was_empty)
+        wake(up);
+}
+
+void
+gw_upstream_cancel(struct gw_upstream *up, struct gw_upstream_call *call)
+{
+    pthread_mutex_lock(&up->lock);
+    if (!call->finished && !call->cancel_queued) {
+        call->cancel_queued = true;
+        call->cancel_next = up->cancel_head;
+        up->cancel_head = call;
+    }
+    pthread_mutex_unlock(&up->lock);
+    wake(up);
+}
+
+static void
+upstream_free(struct gw_upstream *up)
+{
+    for (size_t i = 0; i < up->easy_cached; i++)
+        curl_easy_cleanup(up->easy_cache[i]);
+    if (up->multi != NULL)
+        curl_multi_cleanup(up->multi);
+    if (up->epoll_fd >= 0)
+        close(up->epoll_fd);
+    if (up->event_fd >= 0)
+        close(up->event_fd);
+    pthread_mutex_destroy(&up->lock);
+    free(up);
+}
+
+struct gw_upstream *
+gw_upstream_new(long max_idle_connections)
+{
+    struct gw_upstream *up = calloc(1, sizeof(*up));
+
+    if (up == NULL)
+        return NULL;
+    pthread_mutex_init(&up->lock, NULL);
+    up->timer_deadline_ms = -1;
+    up->epoll_fd = epoll_create1(EPOLL_CLOEXEC);
+    up->event_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    up->multi = curl_multi_init();
+    if (up->epoll_fd < 0 || up->event_fd < 0 || up->multi == NULL) {
+        gw_log_error("upstream: cannot create the event loop: %s",
+                     strerror(errno));
+        upstream_free(up);
+        return NULL;
+    }
+    struct epoll_event ev = {.events = EPOLLIN, .data.fd = up->event_fd};
+    epoll_ctl(up->epoll_fd, EPOLL_CTL_ADD, up->event_fd, &ev);
+    curl_multi_setopt(up->multi, CURLMOPT_SOCKETFUNCTION, on_socket);
+    curl_multi_setopt(up->multi, CURLMOPT_SOCKETDATA, up);
+    curl_multi_setopt(up->multi, CURLMOPT_TIMERFUNCTION, on_timer);
+    curl_multi_setopt(up->multi, CURLMOPT_TIMERDATA, up);
+    curl_multi_setopt(up->multi, CURLMOPT_MAXCONNECTS, max_idle_connections);
+
+    int rc = pthread_create(&up->thread, NULL, loop_main, up);
+    if (rc != 0) {
+        gw_log_error("upstream: cannot start the loop thread: %s",
+                     strerror(rc));
+        upstream_free(up);
+        return NULL;
+    }
+    return up;
+}
+
+void
+gw_upstream_destroy(struct gw_upstream **upp)
+{
+    struct gw_upstream *up = *upp;
+
+    if (up == NULL)
+        return;
+    pthread_mutex_lock(&up->lock);
+    up->stopping = true;
+    pthread_mutex_unlock(&up->lock);
+    wake(up);
+    pthread_join(up->thread, NULL);
+    upstream_free(up);
+    *upp = NULL;
+}

@@ -1,0 +1,118 @@
+/*
+ * Upstream HTTP calls on an event loop: one thread runs epoll and a libcurl
+ * multi handle, so thousands of calls are in flight without a thread each,
+ * and connections to upstreams are kept and reused across calls.
+ *
+ * A caller fills a struct gw_upstream_call and submits it from any thread.
+ * From then on the loop thread owns the call until it invokes call->done,
+ * exactly once, on the loop thread, whatever the outcome (also when the call
+ * is cancelled or the loop stops). The caller must keep the call's memory
+ * valid until done has run.
+ *
+ * Thread safety: gw_upstream_submit() and gw_upstream_cancel() may be called
+ * from any thread. gw_upstream_new() and gw_upstream_destroy() from one.
+ */
+#ifndef GATEWAY_UPSTREAM_H
+#define GATEWAY_UPSTREAM_H
+
+#include <curl/curl.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+struct gw_header {
+    char *name;
+    char *value;
+};
+
+/* Header fields in the order received, repeats kept. Owns its strings. */
+struct gw_header_list {
+    struct gw_header *items;
+    size_t count;
+    size_t capacity;
+};
+
+void gw_header_list_clear(struct gw_header_list *list);
+/* Appends a copy of name and value. Returns 0, or -1 when out of memory. */
+int gw_header_list_add(struct gw_header_list *list, const char *name,
+                       size_t name_len, const char *value, size_t value_len);
+
+enum gw_upstream_outcome {
+    GW_UP_OK,             /* a complete response arrived */
+    GW_UP_CONNECT_FAILED, /* no connection could be made */
+    GW_UP_TIMEOUT,        /* connect_timeout_ms or timeout_ms passed */
+    GW_UP_PROTOCOL,       /* reset, early close, or an invalid response */
+    GW_UP_TOO_LARGE,      /* head or body over its limit */
+    GW_UP_CANCELLED,      /* gw_upstream_cancel() or the loop stopped */
+    GW_UP_NOMEM,          /* out of memory */
+};
+
+/* Returns a short static name for outcome ("connect failed", ...). */
+const char *gw_upstream_outcome_name(enum gw_upstream_outcome outcome);
+
+struct gw_upstream;
+
+struct gw_upstream_call {
+    /* Request: set by the caller before submitting. */
+    const char *method;         /* borrowed */
+    char *url;                  /* owned by the call, freed at reset */
+    struct curl_slist *headers; /* owned by the call, freed at reset */
+    const char *body;           /* borrowed */
+    size_t body_len;
+    bool send_body; /* frame a body (possibly empty) with Content-Length */
+    long connect_timeout_ms;
+    long timeout_ms;
+    size_t max_head_bytes;
+    size_t max_body_bytes;
+    void (*done)(struct gw_upstream_call *call); /* runs on the loop thread */
+    void *user;
+
+    /* Result: valid in done(). */
+    enum gw_upstream_outcome outcome;
+    long status;
+    struct gw_header_list response_headers;
+    char *response_body; /* malloc'ed; the caller may take it and NULL it */
+    size_t response_len;
+    char error[CURL_ERROR_SIZE];
+
+    /* Private to the loop. */
+    size_t response_capacity;
+    size_t head_bytes;
+    CURL *easy;
+    struct gw_upstream_call *next;
+    struct gw_upstream_call *cancel_next;
+    struct gw_upstream_call *active_prev;
+    struct gw_upstream_call *active_next;
+    bool cancel_queued;
+    bool finished;
+    bool over_limit;
+};
+
+/*
+ * Starts the loop thread. max_idle_connections bounds the connections kept
+ * open for reuse. Returns NULL on failure (the reason is logged).
+ */
+struct gw_upstream *gw_upstream_new(long max_idle_connections);
+
+/*
+ * Hands call to the loop. The loop resets the call's result fields first.
+ * Never blocks on the network.
+ */
+void gw_upstream_submit(struct gw_upstream *up, struct gw_upstream_call *call);
+
+/*
+ * Asks the loop to abort call; its done() then runs with GW_UP_CANCELLED
+ * unless it already finished. Only valid between submit and done.
+ */
+void gw_upstream_cancel(struct gw_upstream *up, struct gw_upstream_call *call);
+
+/*
+ * Stops the loop: calls still in flight finish with GW_UP_CANCELLED. Joins
+ * the thread, frees everything, sets *up to NULL. Safe on NULL.
+ */
+void gw_upstream_destroy(struct gw_upstream **up);
+
+/* Frees what the call owns (url, headers, response) and clears it. */
+void gw_upstream_call_reset(struct gw_upstream_call *call);
+
+#endif /* GATEWAY_UPSTREAM_H */
