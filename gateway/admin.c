@@ -88,7 +88,7 @@ on_admin(void *cls, struct MHD_Connection *conn, const char *url,
                       "not found; try /metrics, /healthz or /readyz\n");
 }
 
-static void
+__attribute__((format(printf, 2, 0))) static void
 mhd_log(void *cls, const char *fmt, va_list ap)
 {
     char line[512];

@@ -106,8 +106,7 @@ queue(struct request *r, unsigned status, struct MHD_Response *response)
         return MHD_NO; /* libmicrohttpd closes the connection */
     }
     if (atomic_load(&r->srv->draining))
-        MHD_add_response_header(response, MHD_HTTP_HEADER_CONNECTION,
-                                "close");
+        MHD_add_response_header(response, MHD_HTTP_HEADER_CONNECTION, "close");
     enum MHD_Result rc = MHD_queue_response(r->conn, status, response);
     MHD_destroy_response(response);
     gw_metrics_request(request_metrics(r), status,
@@ -115,9 +114,9 @@ queue(struct request *r, unsigned status, struct MHD_Response *response)
     return rc;
 }
 
-static enum MHD_Result
-reply_error(struct request *r, enum gw_error_kind kind, const char *allow,
-            const char *fmt, ...) __attribute__((format(printf, 4, 5)));
+static enum MHD_Result reply_error(struct request *r, enum gw_error_kind kind,
+                                   const char *allow, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
 
 /* Sends the gateway's own error: status, X-Workshop-Error and JSON body. */
 static enum MHD_Result
@@ -131,9 +130,9 @@ reply_error(struct request *r, enum gw_error_kind kind, const char *allow,
     va_start(ap, fmt);
     vsnprintf(message, sizeof(message), fmt, ap);
     va_end(ap);
-    size_t len = gw_error_body(kind, message,
-                               r->route != NULL ? r->route->name : NULL, body,
-                               sizeof(body));
+    size_t len =
+        gw_error_body(kind, message, r->route != NULL ? r->route->name : NULL,
+                      body, sizeof(body));
     struct MHD_Response *response =
         MHD_create_response_from_buffer(len, body, MHD_RESPMEM_MUST_COPY);
     if (response != NULL) {
@@ -146,7 +145,8 @@ reply_error(struct request *r, enum gw_error_kind kind, const char *allow,
     return queue(r, gw_error_kind_status(kind), response);
 }
 
-/* --- request head ---------------------------------------------------------- */
+/* --- request head ----------------------------------------------------------
+ */
 
 /*
  * Finds the path in a request target: origin-form "/p?q" or absolute-form
@@ -181,13 +181,109 @@ parse_length(const char *text, unsigned long long *out)
     return true;
 }
 
+/*
+ * Replaces the target's path with its normal form (see gw_path_normalize);
+ * the query stays as received. On a rejected path returns -1 with the reason
+ * in r->deferred_message.
+ */
+static int
+normalize_target(struct request *r)
+{
+    const char *problem = NULL;
+    size_t query_len = strlen(r->target + r->path_len);
+    char *normal = malloc(r->path_len + query_len + 1);
+
+    if (normal == NULL) {
+        snprintf(r->deferred_message, sizeof(r->deferred_message),
+                 "out of memory");
+        return -1;
+    }
+    int n = gw_path_normalize(r->target, r->path_len, normal, r->path_len + 1,
+                              &problem);
+    if (n < 0) {
+        snprintf(r->deferred_message, sizeof(r->deferred_message), "%s",
+                 problem);
+        free(normal);
+        return -1;
+    }
+    memcpy(normal + n, r->target + r->path_len, query_len + 1);
+    free(r->target);
+    r->target = normal;
+    r->path_len = (size_t)n;
+    return 0;
+}
+
+struct head_check {
+    const char *problem;
+    const char *content_length; /* the first value seen */
+    bool transfer_encoding;
+};
+
+static bool
+is_tchar(unsigned char c)
+{
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+           (c >= '0' && c <= '9') || strchr("!#$%&'*+-.^_`|~", c) != NULL;
+}
+
+static enum MHD_Result
+check_field(void *arg, enum MHD_ValueKind kind, const char *name,
+            size_t name_size, const char *value, size_t value_size)
+{
+    struct head_check *hc = arg;
+
+    (void)kind;
+    if (name_size == 0 || strlen(name) != name_size)
+        hc->problem = "a header field name is empty or contains NUL";
+    for (size_t i = 0; i < name_size && hc->problem == NULL; i++) {
+        if (!is_tchar((unsigned char)name[i]))
+            hc->problem = "a header field name contains an invalid character";
+    }
+    if (value != NULL && hc->problem == NULL) {
+        if (strlen(value) != value_size || strpbrk(value, "\r\n") != NULL)
+            hc->problem = "a header field value contains CR, LF or NUL";
+    }
+    if (hc->problem != NULL)
+        return MHD_NO;
+
+    if (strcasecmp(name, MHD_HTTP_HEADER_TRANSFER_ENCODING) == 0) {
+        if (hc->transfer_encoding || value == NULL ||
+            strcasecmp(value, "chunked") != 0)
+            hc->problem = "Transfer-Encoding must be exactly \"chunked\"";
+        hc->transfer_encoding = true;
+    } else if (strcasecmp(name, MHD_HTTP_HEADER_CONTENT_LENGTH) == 0) {
+        if (hc->content_length != NULL && value != NULL &&
+            strcmp(hc->content_length, value) != 0)
+            hc->problem = "the request has differing Content-Length values";
+        hc->content_length = value != NULL ? value : "";
+    }
+    if (hc->problem == NULL && hc->transfer_encoding &&
+        hc->content_length != NULL)
+        hc->problem =
+            "the request has both Content-Length and Transfer-Encoding";
+    return hc->problem == NULL ? MHD_YES : MHD_NO;
+}
+
+/*
+ * Rejects heads whose framing is ambiguous or whose fields could smuggle a
+ * second message past the upstream (RFC 9112, 6.3 and 5). Returns the
+ * reason, or NULL when the head is acceptable.
+ */
+static const char *
+check_head_fields(struct MHD_Connection *conn)
+{
+    struct head_check hc = {0};
+
+    MHD_get_connection_values_n(conn, MHD_HEADER_KIND, check_field, &hc);
+    return hc.problem;
+}
+
 static void
 defer_error(struct request *r, enum gw_error_kind kind, const char *message)
 {
     r->deferred = true;
     r->deferred_kind = kind;
-    snprintf(r->deferred_message, sizeof(r->deferred_message), "%s",
-             message);
+    snprintf(r->deferred_message, sizeof(r->deferred_message), "%s", message);
 }
 
 static enum MHD_Result
@@ -197,7 +293,8 @@ on_head(struct request *r, const char *method)
     const union MHD_ConnectionInfo *info = MHD_get_connection_info(
         r->conn, MHD_CONNECTION_INFO_REQUEST_HEADER_SIZE);
 
-    if (info != NULL && info->header_size > (size_t)cfg->limits.max_header_bytes)
+    if (info != NULL &&
+        info->header_size > (size_t)cfg->limits.max_header_bytes)
         return reply_error(r, GW_KIND_HEADER_TOO_LARGE, NULL,
                            "the request head has %zu bytes; the limit is %ld",
                            info->header_size, cfg->limits.max_header_bytes);
@@ -212,6 +309,12 @@ on_head(struct request *r, const char *method)
         memmove(r->target, path, strlen(path) + 1);
     }
     r->path_len = strcspn(r->target, "?");
+    if (normalize_target(r) != 0)
+        return reply_error(r, GW_KIND_BAD_REQUEST, NULL, "%s",
+                           r->deferred_message);
+    const char *framing = check_head_fields(r->conn);
+    if (framing != NULL)
+        return reply_error(r, GW_KIND_BAD_REQUEST, NULL, "%s", framing);
 
     switch (gw_route_match(cfg, r->target, r->path_len, method, &r->route,
                            r->allow, sizeof(r->allow))) {
@@ -236,16 +339,17 @@ on_head(struct request *r, const char *method)
         return reply_error(r, GW_KIND_BODY_TOO_LARGE, NULL,
                            "the body has %llu bytes; the limit is %ld",
                            declared, cfg->limits.max_body_bytes);
-    r->send_body = length != NULL ||
-                   MHD_lookup_connection_value(
-                       r->conn, MHD_HEADER_KIND,
-                       MHD_HTTP_HEADER_TRANSFER_ENCODING) != NULL;
+    r->send_body =
+        length != NULL ||
+        MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND,
+                                    MHD_HTTP_HEADER_TRANSFER_ENCODING) != NULL;
     r->body.max = (size_t)cfg->limits.max_body_bytes;
     r->state = READ_BODY;
     return MHD_YES;
 }
 
-/* --- upstream call ----------------------------------------------------------- */
+/* --- upstream call -----------------------------------------------------------
+ */
 
 struct header_collector {
     struct gw_request_header *items;
@@ -301,8 +405,8 @@ build_url(const struct request *r)
     if (url == NULL)
         return NULL;
     size_t origin = (size_t)snprintf(url, size, "%s", route->upstream_url);
-    int n = gw_route_upstream_path(route, r->target, r->path_len,
-                                   url + origin, size - origin);
+    int n = gw_route_upstream_path(route, r->target, r->path_len, url + origin,
+                                   size - origin);
     if (n < 0) {
         free(url);
         return NULL;
@@ -320,14 +424,12 @@ prepare_call(struct request *r, const char *method, const char *version,
     char ip[INET6_ADDRSTRLEN];
 
     *bad_request = false;
-    int count = MHD_get_connection_values(r->conn, MHD_HEADER_KIND, NULL,
-                                          NULL);
+    int count = MHD_get_connection_values(r->conn, MHD_HEADER_KIND, NULL, NULL);
     struct header_collector hc = {.capacity = count > 0 ? (size_t)count : 1};
     hc.items = calloc(hc.capacity, sizeof(*hc.items));
     if (hc.items == NULL)
         return -1;
-    MHD_get_connection_values_n(r->conn, MHD_HEADER_KIND, collect_header,
-                                &hc);
+    MHD_get_connection_values_n(r->conn, MHD_HEADER_KIND, collect_header, &hc);
     client_address(r->conn, ip, sizeof(ip));
     struct gw_forward_info fwd = {
         .client_ip = ip, .http_version = version, .send_body = r->send_body};
@@ -386,8 +488,7 @@ on_upstream_done(struct gw_upstream_call *call)
                     "request_id=%llu",
                     gw_upstream_outcome_name(call->outcome), call->error,
                     r->route->name, call->url, (unsigned long long)r->id);
-    wk_settle(r->settle, outcome_error(call->outcome),
-              (struct wk_value){0});
+    wk_settle(r->settle, outcome_error(call->outcome), (struct wk_value){0});
     request_put(r); /* the upstream's reference */
 }
 
@@ -438,8 +539,8 @@ start_upstream(struct request *r, const char *method, const char *version)
     }
     r->call.done = on_upstream_done;
 
-    struct wk_step step = {.run_async = upstream_step, .arg = r,
-                           .key = r->route->name};
+    struct wk_step step = {
+        .run_async = upstream_step, .arg = r, .key = r->route->name};
     struct wk_promise_opts opts = {.key = r->route->name};
     r->promise = wk_promise_new(&opts, &step);
     if (r->promise == NULL ||
@@ -460,7 +561,8 @@ start_upstream(struct request *r, const char *method, const char *version)
     return MHD_YES;
 }
 
-/* --- response ------------------------------------------------------------------ */
+/* --- response
+ * ------------------------------------------------------------------ */
 
 static enum MHD_Result
 reply_failure(struct request *r)
@@ -578,7 +680,8 @@ reply_upstream(struct request *r, const char *method)
     return queue(r, (unsigned)call->status, response);
 }
 
-/* --- libmicrohttpd callbacks ---------------------------------------------------- */
+/* --- libmicrohttpd callbacks
+ * ---------------------------------------------------- */
 
 static enum MHD_Result
 on_access(void *cls, struct MHD_Connection *conn, const char *url,
@@ -614,11 +717,11 @@ on_access(void *cls, struct MHD_Connection *conn, const char *url,
             return MHD_YES;
         }
         if (r->deferred)
-            return reply_error(
-                r, r->deferred_kind,
-                r->deferred_kind == GW_KIND_METHOD_NOT_ALLOWED ? r->allow
-                                                               : NULL,
-                "%s", r->deferred_message);
+            return reply_error(r, r->deferred_kind,
+                               r->deferred_kind == GW_KIND_METHOD_NOT_ALLOWED
+                                   ? r->allow
+                                   : NULL,
+                               "%s", r->deferred_message);
         if (r->body_too_large)
             return reply_error(r, GW_KIND_BODY_TOO_LARGE, NULL,
                                "the body is larger than %ld bytes",
@@ -680,7 +783,7 @@ keep_escaped(void *cls, struct MHD_Connection *conn, char *s)
     return strlen(s);
 }
 
-static void
+__attribute__((format(printf, 2, 0))) static void
 mhd_log(void *cls, const char *fmt, va_list ap)
 {
     char line[512];
@@ -697,7 +800,8 @@ gw_proxy_start_daemon(struct gw_server *srv)
     const struct gw_config *cfg = srv->current->config;
     unsigned flags = MHD_USE_EPOLL_INTERNAL_THREAD | MHD_ALLOW_SUSPEND_RESUME |
                      MHD_USE_ERROR_LOG;
-    unsigned timeout_s = (unsigned)((cfg->limits.client_timeout_ms + 999) / 1000);
+    unsigned timeout_s =
+        (unsigned)((cfg->limits.client_timeout_ms + 999) / 1000);
     /* The connection's memory pool holds the request head and the read
      * buffer; the head limit itself is checked in on_head(). */
     size_t pool = (size_t)cfg->limits.max_header_bytes * 2 + 16384;
@@ -707,11 +811,10 @@ gw_proxy_start_daemon(struct gw_server *srv)
     srv->traffic = MHD_start_daemon(
         flags, 0, NULL, NULL, on_access, srv, MHD_OPTION_EXTERNAL_LOGGER,
         mhd_log, NULL, MHD_OPTION_SOCK_ADDR,
-        (const struct sockaddr *)&cfg->listen.addr,
-        MHD_OPTION_CONNECTION_LIMIT, (unsigned)cfg->limits.max_connections,
-        MHD_OPTION_CONNECTION_TIMEOUT, timeout_s,
-        MHD_OPTION_CONNECTION_MEMORY_LIMIT, pool,
-        MHD_OPTION_LISTEN_BACKLOG_SIZE, 4096u,
+        (const struct sockaddr *)&cfg->listen.addr, MHD_OPTION_CONNECTION_LIMIT,
+        (unsigned)cfg->limits.max_connections, MHD_OPTION_CONNECTION_TIMEOUT,
+        timeout_s, MHD_OPTION_CONNECTION_MEMORY_LIMIT, pool,
+        MHD_OPTION_LISTEN_BACKLOG_SIZE, 4096u, MHD_OPTION_STRICT_FOR_CLIENT, 1,
         MHD_OPTION_LISTENING_ADDRESS_REUSE, 1u, MHD_OPTION_URI_LOG_CALLBACK,
         on_uri, srv, MHD_OPTION_NOTIFY_COMPLETED, on_completed, srv,
         MHD_OPTION_UNESCAPE_CALLBACK, keep_escaped, NULL, MHD_OPTION_END);

@@ -118,3 +118,103 @@ gw_route_upstream_path(const struct gw_route *route, const char *path,
     out[total] = '\0';
     return (int)total;
 }
+
+static int
+hex_value(char c)
+{
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    if (c >= 'a' && c <= 'f')
+        return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F')
+        return c - 'A' + 10;
+    return -1;
+}
+
+static bool
+is_unreserved(int c)
+{
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+           (c >= '0' && c <= '9') || c == '-' || c == '.' || c == '_' ||
+           c == '~';
+}
+
+/* Checks one decoded segment [start, end) of a normalized path. */
+static const char *
+segment_problem(const char *start, const char *end)
+{
+    size_t len = (size_t)(end - start);
+
+    if (len == 0)
+        return "the path has an empty segment (\"//\")";
+    if ((len == 1 && start[0] == '.') ||
+        (len == 2 && start[0] == '.' && start[1] == '.'))
+        return "the path has a \".\" or \"..\" segment";
+    return NULL;
+}
+
+int
+gw_path_normalize(const char *path, size_t len, char *out, size_t out_size,
+                  const char **problem)
+{
+    size_t n = 0;
+
+    if (len == 0 || path[0] != '/') {
+        *problem = "the path does not start with '/'";
+        return -1;
+    }
+    if (len + 1 > out_size) {
+        *problem = "the path is too long";
+        return -1;
+    }
+    for (size_t i = 0; i < len; i++) {
+        char c = path[i];
+
+        if (c == '%') {
+            int hi = i + 2 < len ? hex_value(path[i + 1]) : -1;
+            int lo = i + 2 < len ? hex_value(path[i + 2]) : -1;
+            if (hi < 0 || lo < 0) {
+                *problem = "the path has a malformed percent-escape";
+                return -1;
+            }
+            int byte = hi * 16 + lo;
+            if (byte == '/' || byte == '\\' || byte == 0) {
+                *problem = "the path has an encoded '/', '\\' or NUL";
+                return -1;
+            }
+            if (is_unreserved(byte)) {
+                out[n++] = (char)byte;
+            } else {
+                memcpy(out + n, path + i, 3);
+                n += 3;
+            }
+            i += 2;
+            continue;
+        }
+        if (c == '\\') {
+            *problem = "the path has a '\\'";
+            return -1;
+        }
+        out[n++] = c;
+    }
+    out[n] = '\0';
+
+    /* Every segment after a '/' must be a real name. A trailing '/' leaves
+     * an empty last segment, which is allowed ("/dir/"). */
+    const char *seg = out + 1;
+    for (const char *p = out + 1;; p++) {
+        if (*p == '/' || *p == '\0') {
+            bool last = *p == '\0';
+            if (!(last && p == seg)) {
+                *problem = segment_problem(seg, p);
+                if (*problem != NULL)
+                    return -1;
+            }
+            if (last)
+                break;
+            seg = p + 1;
+        }
+    }
+    *problem = NULL;
+    return (int)n;
+}

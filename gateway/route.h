@@ -47,4 +47,21 @@ bool gw_prefix_matches(const char *prefix, size_t prefix_len,
 int gw_route_upstream_path(const struct gw_route *route, const char *path,
                            size_t path_len, char *out, size_t out_size);
 
+/*
+ * Puts a request path (without the query) into the one form that routes
+ * match and that goes upstream, or rejects it, so that no spelling of a path
+ * can reach a route that its plain spelling would not:
+ *
+ *   - percent-encoded unreserved characters (letters, digits, '-', '.', '_',
+ *     '~') are decoded, as RFC 3986 (6.2.2.2) says they are equivalent;
+ *   - a path is rejected when it then has a "." or ".." segment, an empty
+ *     segment ("//"), an encoded '/' or '\\' (%2F, %5C), a '\\', an encoded
+ *     NUL, a malformed escape, or does not start with '/'.
+ *
+ * Other escapes stay as received. Writes the result into out and returns its
+ * length, or -1 with *problem set to a static description.
+ */
+int gw_path_normalize(const char *path, size_t len, char *out,
+                      size_t out_size, const char **problem);
+
 #endif /* GATEWAY_ROUTE_H */

@@ -21,7 +21,7 @@
 #include "log.h"
 
 #define EVENTS_PER_WAIT 256
-#define EASY_CACHE_MAX 256
+#define EASY_CACHE_MAX  256
 
 struct gw_upstream {
     pthread_t thread;
@@ -36,7 +36,7 @@ struct gw_upstream {
     bool stopping;
 
     /* Loop thread only. */
-    int64_t timer_deadline_ms; /* -1: no curl timer pending */
+    int64_t timer_deadline_ms;       /* -1: no curl timer pending */
     struct gw_upstream_call *active; /* calls added to the multi handle */
     CURL *easy_cache[EASY_CACHE_MAX];
     size_t easy_cached;
@@ -334,7 +334,10 @@ classify(const struct gw_upstream_call *call, CURLcode code)
     case CURLE_OPERATION_TIMEDOUT:
         return GW_UP_TIMEOUT;
     case CURLE_OUT_OF_MEMORY:
-        return GW_UP_NOMEM;
+        /* libcurl 7.88 also reports a response header line over its own
+         * 100 KiB cap this way, before on_header sees it. */
+        return call->status > 0 || call->head_bytes > 0 ? GW_UP_TOO_LARGE
+                                                        : GW_UP_PROTOCOL;
     case CURLE_WRITE_ERROR:
         return call->over_limit ? GW_UP_TOO_LARGE : GW_UP_NOMEM;
     default:
@@ -535,7 +538,8 @@ loop_main(void *arg)
     return NULL;
 }
 
-/* --- public ---------------------------------------------------------------- */
+/* --- public ----------------------------------------------------------------
+ */
 
 static void
 wake(struct gw_upstream *up)
