@@ -72,6 +72,8 @@ TEST_UPSTREAM := $(B)/test-upstream
 	tests test-clang bench install clean format lint \
 	check-banned
 .DEFAULT_GOAL := all
+# Keep object files of pattern rules, so a rebuild only compiles what changed.
+.SECONDARY:
 
 all: $(GATEWAY) $(LIBRARY) $(B)/libworkshop.pc $(TEST_UPSTREAM) \
 	$(EXAMPLE_BINS)
@@ -150,7 +152,6 @@ run: deps
 test: deps
 	@$(MAKE) --no-print-directory check-banned
 	@$(MAKE) --no-print-directory tests
-	@$(MAKE) --no-print-directory test-clang
 	@tests/run-tests.sh --build $(B) --all
 
 # Every test binary of this build, without running them.

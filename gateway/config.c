@@ -7,6 +7,8 @@
  * "FILE: JSON.PATH: VALUE is WHAT; allowed ...".
  */
 #include "config.h"
+#include "config_internal.h"
+#include "policy.h"
 
 #include <arpa/inet.h>
 #include <cjson/cJSON.h>
@@ -20,15 +22,9 @@
 
 /* The largest config file read, so a wrong path cannot exhaust memory. */
 #define CONFIG_MAX_BYTES (4 * 1024 * 1024)
-#define ROUTE_NAME_MAX 64
-#define PREFIX_MAX 1024
-#define URL_MAX 2048
-
-struct validator {
-    const char *file;
-    char *err;
-    size_t err_size;
-};
+#define ROUTE_NAME_MAX   64
+#define PREFIX_MAX       1024
+#define URL_MAX          2048
 
 /* Formats value as compact JSON, cut to fit out. */
 static void
@@ -49,12 +45,12 @@ describe_value(const cJSON *value, char *out, size_t size)
 
 /*
  * Writes "FILE: PATH: VALUE what" into the validator's buffer and returns -1,
- * so callers can write "return fail(...)". value may be NULL for a message
+ * so callers can write "return cfg_fail(...)". value may be NULL for a message
  * that is not about one value.
  */
-__attribute__((format(printf, 4, 5))) static int
-fail(struct validator *v, const char *path, const cJSON *value,
-     const char *fmt, ...)
+int
+cfg_fail(struct validator *v, const char *path, const cJSON *value,
+         const char *fmt, ...)
 {
     char shown[80] = "";
     char what[512];
@@ -70,8 +66,8 @@ fail(struct validator *v, const char *path, const cJSON *value,
     return -1;
 }
 
-static const char *
-type_name(const cJSON *value)
+const char *
+cfg_type_name(const cJSON *value)
 {
     if (cJSON_IsObject(value))
         return "an object";
@@ -103,8 +99,8 @@ path_append(char *out, size_t size, size_t *used, const char *text)
     out[*used] = '\0';
 }
 
-static void
-path_key(char *out, size_t size, const char *parent, const char *key)
+void
+cfg_path_key(char *out, size_t size, const char *parent, const char *key)
 {
     size_t used = 0;
 
@@ -115,8 +111,8 @@ path_key(char *out, size_t size, const char *parent, const char *key)
     path_append(out, size, &used, key);
 }
 
-static void
-path_index(char *out, size_t size, const char *parent, size_t index)
+void
+cfg_path_index(char *out, size_t size, const char *parent, size_t index)
 {
     char suffix[32];
     size_t used = 0;
@@ -131,9 +127,9 @@ path_index(char *out, size_t size, const char *parent, size_t index)
  * Rejects keys of obj that are not in allowed (NULL-terminated) and keys that
  * appear twice, which cJSON would otherwise keep silently.
  */
-static int
-check_keys(struct validator *v, const cJSON *obj, const char *path,
-           const char *const *allowed)
+int
+cfg_check_keys(struct validator *v, const cJSON *obj, const char *path,
+               const char *const *allowed)
 {
     char sub[256];
     const cJSON *item;
@@ -142,7 +138,7 @@ check_keys(struct validator *v, const cJSON *obj, const char *path,
     {
         bool known = false;
 
-        path_key(sub, sizeof(sub), path, item->string);
+        cfg_path_key(sub, sizeof(sub), path, item->string);
         for (size_t i = 0; allowed[i] != NULL; i++)
             known = known || strcmp(item->string, allowed[i]) == 0;
         if (!known) {
@@ -150,27 +146,26 @@ check_keys(struct validator *v, const cJSON *obj, const char *path,
             size_t used = 0;
             for (size_t i = 0; allowed[i] != NULL && used < sizeof(list); i++)
                 used += (size_t)snprintf(list + used, sizeof(list) - used,
-                                         "%s%s", i > 0 ? ", " : "",
-                                         allowed[i]);
-            return fail(v, sub, NULL, "unknown key; allowed keys here: %s",
-                        list);
+                                         "%s%s", i > 0 ? ", " : "", allowed[i]);
+            return cfg_fail(v, sub, NULL, "unknown key; allowed keys here: %s",
+                            list);
         }
         for (const cJSON *other = item->next; other != NULL;
              other = other->next) {
             if (strcmp(other->string, item->string) == 0)
-                return fail(v, sub, NULL,
-                            "appears twice; give each key once");
+                return cfg_fail(v, sub, NULL,
+                                "appears twice; give each key once");
         }
     }
     return 0;
 }
 
-static int
-expect_object(struct validator *v, const cJSON *value, const char *path)
+int
+cfg_expect_object(struct validator *v, const cJSON *value, const char *path)
 {
     if (!cJSON_IsObject(value))
-        return fail(v, path, value, "is %s; expected an object",
-                    type_name(value));
+        return cfg_fail(v, path, value, "is %s; expected an object",
+                        cfg_type_name(value));
     return 0;
 }
 
@@ -178,8 +173,8 @@ expect_object(struct validator *v, const cJSON *value, const char *path)
  * Reads optional integer key of obj into *out, or def when absent. unit is
  * shown in the range message ("milliseconds", "bytes").
  */
-static int
-opt_int(struct validator *v, const cJSON *obj, const char *path,
+int
+cfg_int(struct validator *v, const cJSON *obj, const char *path,
         const char *key, long min, long max, long def, const char *unit,
         long *out)
 {
@@ -189,23 +184,26 @@ opt_int(struct validator *v, const cJSON *obj, const char *path,
     *out = def;
     if (item == NULL)
         return 0;
-    path_key(sub, sizeof(sub), path, key);
+    cfg_path_key(sub, sizeof(sub), path, key);
     if (!cJSON_IsNumber(item))
-        return fail(v, sub, item, "is %s; expected an integer (%s)",
-                    type_name(item), unit);
+        return cfg_fail(v, sub, item, "is %s; expected an integer (%s)",
+                        cfg_type_name(item), unit);
     double d = item->valuedouble;
     if (d != floor(d))
-        return fail(v, sub, item, "is not a whole number; expected an "
-                                  "integer (%s)", unit);
+        return cfg_fail(v, sub, item,
+                        "is not a whole number; expected an "
+                        "integer (%s)",
+                        unit);
     if (d < (double)min || d > (double)max)
-        return fail(v, sub, item, "is out of range; allowed %ld to %ld (%s)",
-                    min, max, unit);
+        return cfg_fail(v, sub, item,
+                        "is out of range; allowed %ld to %ld (%s)", min, max,
+                        unit);
     *out = (long)d;
     return 0;
 }
 
-static int
-opt_bool(struct validator *v, const cJSON *obj, const char *path,
+int
+cfg_bool(struct validator *v, const cJSON *obj, const char *path,
          const char *key, bool def, bool *out)
 {
     char sub[256];
@@ -214,11 +212,33 @@ opt_bool(struct validator *v, const cJSON *obj, const char *path,
     *out = def;
     if (item == NULL)
         return 0;
-    path_key(sub, sizeof(sub), path, key);
+    cfg_path_key(sub, sizeof(sub), path, key);
     if (!cJSON_IsBool(item))
-        return fail(v, sub, item, "is %s; expected true or false",
-                    type_name(item));
+        return cfg_fail(v, sub, item, "is %s; expected true or false",
+                        cfg_type_name(item));
     *out = cJSON_IsTrue(item);
+    return 0;
+}
+
+int
+cfg_double(struct validator *v, const cJSON *obj, const char *path,
+           const char *key, double min, double max, double def,
+           const char *unit, double *out)
+{
+    char sub[CFG_PATH_MAX];
+    const cJSON *item = cJSON_GetObjectItemCaseSensitive(obj, key);
+
+    *out = def;
+    if (item == NULL)
+        return 0;
+    cfg_path_key(sub, sizeof(sub), path, key);
+    if (!cJSON_IsNumber(item))
+        return cfg_fail(v, sub, item, "is %s; expected a number (%s)",
+                        cfg_type_name(item), unit);
+    if (!(item->valuedouble >= min && item->valuedouble <= max))
+        return cfg_fail(v, sub, item, "is out of range; allowed %g to %g (%s)",
+                        min, max, unit);
+    *out = item->valuedouble;
     return 0;
 }
 
@@ -226,27 +246,27 @@ opt_bool(struct validator *v, const cJSON *obj, const char *path,
  * Reads string key of obj; *out points into the document. A required key that
  * is absent is an error; an optional one leaves *out NULL.
  */
-static int
-get_string(struct validator *v, const cJSON *obj, const char *path,
+int
+cfg_string(struct validator *v, const cJSON *obj, const char *path,
            const char *key, bool required, size_t max_len, const char **out)
 {
     char sub[256];
     const cJSON *item = cJSON_GetObjectItemCaseSensitive(obj, key);
 
     *out = NULL;
-    path_key(sub, sizeof(sub), path, key);
+    cfg_path_key(sub, sizeof(sub), path, key);
     if (item == NULL) {
         if (required)
-            return fail(v, sub, NULL, "is missing; this key is required");
+            return cfg_fail(v, sub, NULL, "is missing; this key is required");
         return 0;
     }
     if (!cJSON_IsString(item))
-        return fail(v, sub, item, "is %s; expected a string",
-                    type_name(item));
+        return cfg_fail(v, sub, item, "is %s; expected a string",
+                        cfg_type_name(item));
     if (item->valuestring[0] == '\0')
-        return fail(v, sub, item, "is empty; expected a non-empty string");
+        return cfg_fail(v, sub, item, "is empty; expected a non-empty string");
     if (strlen(item->valuestring) > max_len)
-        return fail(v, sub, NULL, "is longer than %zu characters", max_len);
+        return cfg_fail(v, sub, NULL, "is longer than %zu characters", max_len);
     *out = item->valuestring;
     return 0;
 }
@@ -298,7 +318,8 @@ gw_listen_parse(const char *text, struct gw_listen *out)
         in4->sin_family = AF_INET;
         in4->sin_port = htons((uint16_t)port);
         out->addr_len = sizeof(*in4);
-    } else if (text[0] == '[' && inet_pton(AF_INET6, host, &in6->sin6_addr) == 1) {
+    } else if (text[0] == '[' &&
+               inet_pton(AF_INET6, host, &in6->sin6_addr) == 1) {
         in6->sin6_family = AF_INET6;
         in6->sin6_port = htons((uint16_t)port);
         out->addr_len = sizeof(*in6);
@@ -316,16 +337,17 @@ parse_listen(struct validator *v, const cJSON *obj, const char *path,
     char sub[256];
     const char *text;
 
-    if (get_string(v, obj, path, key, false, 79, &text) != 0)
+    if (cfg_string(v, obj, path, key, false, 79, &text) != 0)
         return -1;
     if (text == NULL)
         text = def;
     if (gw_listen_parse(text, out) != 0) {
-        path_key(sub, sizeof(sub), path, key);
-        return fail(v, sub, cJSON_GetObjectItemCaseSensitive(obj, key),
-                    "is not a valid listen address; expected HOST:PORT with "
-                    "a numeric IPv4 host or a bracketed IPv6 host and a port "
-                    "from 0 to 65535, e.g. \"0.0.0.0:8080\" or \"[::1]:8080\"");
+        cfg_path_key(sub, sizeof(sub), path, key);
+        return cfg_fail(
+            v, sub, cJSON_GetObjectItemCaseSensitive(obj, key),
+            "is not a valid listen address; expected HOST:PORT with "
+            "a numeric IPv4 host or a bracketed IPv6 host and a port "
+            "from 0 to 65535, e.g. \"0.0.0.0:8080\" or \"[::1]:8080\"");
     }
     return 0;
 }
@@ -334,25 +356,25 @@ static int
 parse_limits(struct validator *v, const cJSON *root, struct gw_limits *out)
 {
     static const char *const keys[] = {
-        "max_connections", "max_header_bytes", "max_body_bytes",
+        "max_connections",    "max_header_bytes",  "max_body_bytes",
         "max_response_bytes", "client_timeout_ms", NULL};
     const cJSON *obj = cJSON_GetObjectItemCaseSensitive(root, "limits");
     const cJSON empty = {.type = cJSON_Object};
 
     if (obj == NULL)
         obj = &empty;
-    if (expect_object(v, obj, "limits") != 0 ||
-        check_keys(v, obj, "limits", keys) != 0)
+    if (cfg_expect_object(v, obj, "limits") != 0 ||
+        cfg_check_keys(v, obj, "limits", keys) != 0)
         return -1;
-    if (opt_int(v, obj, "limits", "max_connections", 1, 1000000, 10000,
+    if (cfg_int(v, obj, "limits", "max_connections", 1, 1000000, 10000,
                 "connections", &out->max_connections) != 0 ||
-        opt_int(v, obj, "limits", "max_header_bytes", 1024, 1048576, 16384,
+        cfg_int(v, obj, "limits", "max_header_bytes", 1024, 1048576, 16384,
                 "bytes", &out->max_header_bytes) != 0 ||
-        opt_int(v, obj, "limits", "max_body_bytes", 0, 1073741824, 10485760,
+        cfg_int(v, obj, "limits", "max_body_bytes", 0, 1073741824, 10485760,
                 "bytes", &out->max_body_bytes) != 0 ||
-        opt_int(v, obj, "limits", "max_response_bytes", 1, 1073741824,
-                67108864, "bytes", &out->max_response_bytes) != 0 ||
-        opt_int(v, obj, "limits", "client_timeout_ms", 1000, 3600000, 30000,
+        cfg_int(v, obj, "limits", "max_response_bytes", 1, 1073741824, 67108864,
+                "bytes", &out->max_response_bytes) != 0 ||
+        cfg_int(v, obj, "limits", "client_timeout_ms", 1000, 3600000, 30000,
                 "milliseconds", &out->client_timeout_ms) != 0)
         return -1;
     return 0;
@@ -375,39 +397,41 @@ parse_methods(struct validator *v, const cJSON *match, const char *path,
 
     if (list == NULL)
         return 0;
-    path_key(sub, sizeof(sub), path, "methods");
+    cfg_path_key(sub, sizeof(sub), path, "methods");
     if (!cJSON_IsArray(list) || cJSON_GetArraySize(list) == 0)
-        return fail(v, sub, list, "is not a non-empty array of method names, "
-                                  "e.g. [\"GET\", \"POST\"]");
+        return cfg_fail(v, sub, list,
+                        "is not a non-empty array of method names, "
+                        "e.g. [\"GET\", \"POST\"]");
 
     size_t count = (size_t)cJSON_GetArraySize(list);
     route->methods = calloc(count + 1, sizeof(char *));
     if (route->methods == NULL)
-        return fail(v, sub, NULL, "out of memory");
+        return cfg_fail(v, sub, NULL, "out of memory");
 
     const cJSON *item;
     size_t i = 0;
     cJSON_ArrayForEach(item, list)
     {
-        path_index(item_path, sizeof(item_path), sub, i);
+        cfg_path_index(item_path, sizeof(item_path), sub, i);
         if (!cJSON_IsString(item) || item->valuestring[0] == '\0' ||
             strlen(item->valuestring) > 32)
-            return fail(v, item_path, item, "is not a method name; expected "
-                                            "an uppercase string such as "
-                                            "\"GET\"");
+            return cfg_fail(v, item_path, item,
+                            "is not a method name; expected "
+                            "an uppercase string such as "
+                            "\"GET\"");
         for (const char *c = item->valuestring; *c != '\0'; c++) {
             if (!is_token_char(*c))
-                return fail(v, item_path, item,
-                            "is not a method name; use uppercase letters, "
-                            "digits, '-' or '_', e.g. \"GET\"");
+                return cfg_fail(v, item_path, item,
+                                "is not a method name; use uppercase letters, "
+                                "digits, '-' or '_', e.g. \"GET\"");
         }
         for (size_t j = 0; j < i; j++) {
             if (strcmp(route->methods[j], item->valuestring) == 0)
-                return fail(v, item_path, item, "is listed twice");
+                return cfg_fail(v, item_path, item, "is listed twice");
         }
         route->methods[i] = strdup(item->valuestring);
         if (route->methods[i] == NULL)
-            return fail(v, item_path, NULL, "out of memory");
+            return cfg_fail(v, item_path, NULL, "out of memory");
         route->method_count = ++i;
     }
     return 0;
@@ -422,29 +446,31 @@ parse_match(struct validator *v, const cJSON *obj, const char *route_path,
     const char *prefix;
     const cJSON *match = cJSON_GetObjectItemCaseSensitive(obj, "match");
 
-    path_key(path, sizeof(path), route_path, "match");
+    cfg_path_key(path, sizeof(path), route_path, "match");
     if (match == NULL)
-        return fail(v, path, NULL, "is missing; every route needs "
-                                   "{\"prefix\": \"/...\"}");
-    if (expect_object(v, match, path) != 0 ||
-        check_keys(v, match, path, keys) != 0 ||
-        get_string(v, match, path, "prefix", true, PREFIX_MAX, &prefix) != 0)
+        return cfg_fail(v, path, NULL,
+                        "is missing; every route needs "
+                        "{\"prefix\": \"/...\"}");
+    if (cfg_expect_object(v, match, path) != 0 ||
+        cfg_check_keys(v, match, path, keys) != 0 ||
+        cfg_string(v, match, path, "prefix", true, PREFIX_MAX, &prefix) != 0)
         return -1;
 
     char sub[256];
-    path_key(sub, sizeof(sub), path, "prefix");
+    cfg_path_key(sub, sizeof(sub), path, "prefix");
     const cJSON *item = cJSON_GetObjectItemCaseSensitive(match, "prefix");
     if (prefix[0] != '/')
-        return fail(v, sub, item, "does not start with '/'");
+        return cfg_fail(v, sub, item, "does not start with '/'");
     for (const char *c = prefix; *c != '\0'; c++) {
         if ((unsigned char)*c <= ' ' || *c == 0x7f || *c == '?' || *c == '#')
-            return fail(v, sub, item, "contains a space, a control "
-                                      "character, '?' or '#'; a prefix is a "
-                                      "path only");
+            return cfg_fail(v, sub, item,
+                            "contains a space, a control "
+                            "character, '?' or '#'; a prefix is a "
+                            "path only");
     }
     route->prefix = strdup(prefix);
     if (route->prefix == NULL)
-        return fail(v, sub, NULL, "out of memory");
+        return cfg_fail(v, sub, NULL, "out of memory");
     route->prefix_len = strlen(prefix);
     return parse_methods(v, match, path, route);
 }
@@ -453,9 +479,9 @@ parse_match(struct validator *v, const cJSON *obj, const char *route_path,
  * Checks an upstream URL with libcurl's URL parser: http or https, a host,
  * no credentials, query or fragment. Splits it into origin and base path.
  */
-static int
-parse_url(struct validator *v, const cJSON *item, const char *path,
-          struct gw_route *route)
+int
+cfg_url(struct validator *v, const cJSON *item, const char *path,
+        char **origin_out, char **base_out)
 {
     CURLU *url = curl_url();
     char *scheme = NULL, *host = NULL, *port = NULL, *upath = NULL;
@@ -464,7 +490,7 @@ parse_url(struct validator *v, const cJSON *item, const char *path,
     int rc = -1;
 
     if (url == NULL)
-        return fail(v, path, NULL, "out of memory");
+        return cfg_fail(v, path, NULL, "out of memory");
     if (curl_url_set(url, CURLUPART_URL, item->valuestring, 0) != CURLUE_OK)
         problem = "is not a valid URL";
     else if (curl_url_get(url, CURLUPART_SCHEME, &scheme, 0) != CURLUE_OK ||
@@ -476,35 +502,33 @@ parse_url(struct validator *v, const cJSON *item, const char *path,
         problem = "contains credentials; send them as headers instead";
     else if (curl_url_get(url, CURLUPART_QUERY, &query, 0) == CURLUE_OK)
         problem = "has a query; an upstream URL is scheme://host[:port][/path]";
-    else if (curl_url_get(url, CURLUPART_FRAGMENT, &fragment, 0) ==
-             CURLUE_OK)
+    else if (curl_url_get(url, CURLUPART_FRAGMENT, &fragment, 0) == CURLUE_OK)
         problem = "has a fragment; an upstream URL is "
                   "scheme://host[:port][/path]";
     if (problem != NULL) {
-        fail(v, path, item, "%s; expected e.g. \"http://127.0.0.1:9000\"",
-             problem);
+        cfg_fail(v, path, item, "%s; expected e.g. \"http://127.0.0.1:9000\"",
+                 problem);
         goto out;
     }
 
     curl_url_get(url, CURLUPART_PORT, &port, 0);
     curl_url_get(url, CURLUPART_PATH, &upath, 0);
     size_t origin_size = strlen(scheme) + strlen(host) + 16;
-    route->upstream_url = malloc(origin_size);
-    if (route->upstream_url == NULL) {
-        fail(v, path, NULL, "out of memory");
-        goto out;
-    }
-    snprintf(route->upstream_url, origin_size, "%s://%s%s%s", scheme, host,
-             port != NULL ? ":" : "", port != NULL ? port : "");
-
+    char *origin = malloc(origin_size);
     size_t base_len = upath != NULL ? strlen(upath) : 0;
     while (base_len > 0 && upath[base_len - 1] == '/')
         base_len--;
-    route->upstream_base = strndup(upath != NULL ? upath : "", base_len);
-    if (route->upstream_base == NULL) {
-        fail(v, path, NULL, "out of memory");
+    char *base = strndup(upath != NULL ? upath : "", base_len);
+    if (origin == NULL || base == NULL) {
+        free(origin);
+        free(base);
+        cfg_fail(v, path, NULL, "out of memory");
         goto out;
     }
+    snprintf(origin, origin_size, "%s://%s%s%s", scheme, host,
+             port != NULL ? ":" : "", port != NULL ? port : "");
+    *origin_out = origin;
+    *base_out = base;
     rc = 0;
 out:
     curl_free(scheme);
@@ -522,40 +546,40 @@ static int
 parse_upstream(struct validator *v, const cJSON *obj, const char *route_path,
                struct gw_route *route)
 {
-    static const char *const keys[] = {"url", "strip_prefix",
-                                       "connect_timeout_ms", "timeout_ms",
-                                       NULL};
+    static const char *const keys[] = {
+        "url", "strip_prefix", "connect_timeout_ms", "timeout_ms", NULL};
     char path[256];
     char sub[256];
     const char *url;
     const cJSON *up = cJSON_GetObjectItemCaseSensitive(obj, "upstream");
 
-    path_key(path, sizeof(path), route_path, "upstream");
+    cfg_path_key(path, sizeof(path), route_path, "upstream");
     if (up == NULL)
-        return fail(v, path, NULL, "is missing; every route needs "
-                                   "{\"url\": \"http://HOST:PORT\"}");
-    if (expect_object(v, up, path) != 0 ||
-        check_keys(v, up, path, keys) != 0 ||
-        get_string(v, up, path, "url", true, URL_MAX, &url) != 0)
+        return cfg_fail(v, path, NULL,
+                        "is missing; every route needs "
+                        "{\"url\": \"http://HOST:PORT\"}");
+    if (cfg_expect_object(v, up, path) != 0 ||
+        cfg_check_keys(v, up, path, keys) != 0 ||
+        cfg_string(v, up, path, "url", true, URL_MAX, &url) != 0)
         return -1;
-    path_key(sub, sizeof(sub), path, "url");
-    if (parse_url(v, cJSON_GetObjectItemCaseSensitive(up, "url"), sub,
-                  route) != 0)
+    cfg_path_key(sub, sizeof(sub), path, "url");
+    if (cfg_url(v, cJSON_GetObjectItemCaseSensitive(up, "url"), sub,
+                &route->upstream_url, &route->upstream_base) != 0)
         return -1;
-    if (opt_bool(v, up, path, "strip_prefix", false, &route->strip_prefix) !=
+    if (cfg_bool(v, up, path, "strip_prefix", false, &route->strip_prefix) !=
             0 ||
-        opt_int(v, up, path, "connect_timeout_ms", 1, 600000, 1000,
+        cfg_int(v, up, path, "connect_timeout_ms", 1, 600000, 1000,
                 "milliseconds", &route->connect_timeout_ms) != 0 ||
-        opt_int(v, up, path, "timeout_ms", 1, 3600000, 30000, "milliseconds",
+        cfg_int(v, up, path, "timeout_ms", 1, 3600000, 30000, "milliseconds",
                 &route->timeout_ms) != 0)
         return -1;
     if (route->connect_timeout_ms > route->timeout_ms) {
-        path_key(sub, sizeof(sub), path, "connect_timeout_ms");
-        return fail(v, sub,
-                    cJSON_GetObjectItemCaseSensitive(up, "connect_timeout_ms"),
-                    "is larger than timeout_ms (%ld), which bounds the whole "
-                    "call; lower it or raise timeout_ms",
-                    route->timeout_ms);
+        cfg_path_key(sub, sizeof(sub), path, "connect_timeout_ms");
+        return cfg_fail(
+            v, sub, cJSON_GetObjectItemCaseSensitive(up, "connect_timeout_ms"),
+            "is larger than timeout_ms (%ld), which bounds the whole "
+            "call; lower it or raise timeout_ms",
+            route->timeout_ms);
     }
     return 0;
 }
@@ -564,29 +588,34 @@ static int
 parse_route(struct validator *v, const cJSON *obj, const char *path,
             struct gw_route *route)
 {
-    static const char *const keys[] = {"name", "match", "upstream", NULL};
+    static const char *const keys[] = {"name",       "match",    "upstream",
+                                       "rate_limit", "breaker",  "bulkhead",
+                                       "retry",      "fallback", NULL};
     char sub[256];
     const char *name;
 
-    if (expect_object(v, obj, path) != 0 || check_keys(v, obj, path, keys) != 0 ||
-        get_string(v, obj, path, "name", true, ROUTE_NAME_MAX, &name) != 0)
+    if (cfg_expect_object(v, obj, path) != 0 ||
+        cfg_check_keys(v, obj, path, keys) != 0 ||
+        cfg_string(v, obj, path, "name", true, ROUTE_NAME_MAX, &name) != 0)
         return -1;
-    path_key(sub, sizeof(sub), path, "name");
+    cfg_path_key(sub, sizeof(sub), path, "name");
     for (const char *c = name; *c != '\0'; c++) {
         bool ok = (*c >= 'a' && *c <= 'z') || (*c >= 'A' && *c <= 'Z') ||
                   (*c >= '0' && *c <= '9') || *c == '_' || *c == '-' ||
                   *c == '.';
         if (!ok)
-            return fail(v, sub, cJSON_GetObjectItemCaseSensitive(obj, "name"),
-                        "contains '%c'; use letters, digits, '_', '-' or '.' "
-                        "(the name becomes a metrics label)",
-                        *c);
+            return cfg_fail(
+                v, sub, cJSON_GetObjectItemCaseSensitive(obj, "name"),
+                "contains '%c'; use letters, digits, '_', '-' or '.' "
+                "(the name becomes a metrics label)",
+                *c);
     }
     route->name = strdup(name);
     if (route->name == NULL)
-        return fail(v, sub, NULL, "out of memory");
+        return cfg_fail(v, sub, NULL, "out of memory");
     return parse_match(v, obj, path, route) != 0 ||
-                   parse_upstream(v, obj, path, route) != 0
+                   parse_upstream(v, obj, path, route) != 0 ||
+                   cfg_route_policies(v, obj, path, route) != 0
                ? -1
                : 0;
 }
@@ -603,23 +632,26 @@ check_overlap(struct validator *v, const struct gw_config *c, size_t i)
 
         snprintf(path, sizeof(path), "routes[%zu].name", i);
         if (strcmp(o->name, r->name) == 0)
-            return fail(v, path, NULL, "name \"%s\" is already used by "
-                                       "routes[%zu]; route names are unique",
-                        r->name, j);
+            return cfg_fail(v, path, NULL,
+                            "name \"%s\" is already used by "
+                            "routes[%zu]; route names are unique",
+                            r->name, j);
         if (strcmp(o->prefix, r->prefix) != 0)
             continue;
         snprintf(path, sizeof(path), "routes[%zu].match", i);
         if (r->methods == NULL || o->methods == NULL)
-            return fail(v, path, NULL, "prefix \"%s\" is already routed by "
-                                       "routes[%zu] and one of them takes "
-                                       "every method; list disjoint "
-                                       "match.methods",
-                        r->prefix, j);
+            return cfg_fail(v, path, NULL,
+                            "prefix \"%s\" is already routed by "
+                            "routes[%zu] and one of them takes "
+                            "every method; list disjoint "
+                            "match.methods",
+                            r->prefix, j);
         for (size_t k = 0; k < r->method_count; k++) {
             if (gw_route_allows(o, r->methods[k]))
-                return fail(v, path, NULL, "prefix \"%s\" with method %s is "
-                                           "already routed by routes[%zu]",
-                            r->prefix, r->methods[k], j);
+                return cfg_fail(v, path, NULL,
+                                "prefix \"%s\" with method %s is "
+                                "already routed by routes[%zu]",
+                                r->prefix, r->methods[k], j);
         }
     }
     return 0;
@@ -632,23 +664,25 @@ parse_routes(struct validator *v, const cJSON *root, struct gw_config *c)
     const cJSON *list = cJSON_GetObjectItemCaseSensitive(root, "routes");
 
     if (list == NULL)
-        return fail(v, "routes", NULL, "is missing; expected an array of "
-                                       "route objects");
+        return cfg_fail(v, "routes", NULL,
+                        "is missing; expected an array of "
+                        "route objects");
     if (!cJSON_IsArray(list) || cJSON_GetArraySize(list) == 0)
-        return fail(v, "routes", list, "is not a non-empty array of route "
-                                       "objects");
+        return cfg_fail(v, "routes", list,
+                        "is not a non-empty array of route "
+                        "objects");
 
     size_t count = (size_t)cJSON_GetArraySize(list);
     c->routes = calloc(count, sizeof(*c->routes));
     if (c->routes == NULL)
-        return fail(v, "routes", NULL, "out of memory");
+        return cfg_fail(v, "routes", NULL, "out of memory");
 
     const cJSON *item;
     cJSON_ArrayForEach(item, list)
     {
         size_t i = c->route_count++;
 
-        path_index(path, sizeof(path), "routes", i);
+        cfg_path_index(path, sizeof(path), "routes", i);
         if (parse_route(v, item, path, &c->routes[i]) != 0 ||
             check_overlap(v, c, i) != 0)
             return -1;
@@ -657,19 +691,47 @@ parse_routes(struct validator *v, const cJSON *root, struct gw_config *c)
 }
 
 static int
+parse_log(struct validator *v, const cJSON *root, struct gw_config *c)
+{
+    static const char *const keys[] = {"access", NULL};
+    const cJSON *obj = cJSON_GetObjectItemCaseSensitive(root, "log");
+    const char *access = NULL;
+
+    c->access_log = GW_ACCESS_LOG_TEXT;
+    if (obj == NULL)
+        return 0;
+    if (cfg_expect_object(v, obj, "log") != 0 ||
+        cfg_check_keys(v, obj, "log", keys) != 0 ||
+        cfg_string(v, obj, "log", "access", false, 16, &access) != 0)
+        return -1;
+    if (access == NULL || strcmp(access, "text") == 0)
+        c->access_log = GW_ACCESS_LOG_TEXT;
+    else if (strcmp(access, "json") == 0)
+        c->access_log = GW_ACCESS_LOG_JSON;
+    else if (strcmp(access, "off") == 0)
+        c->access_log = GW_ACCESS_LOG_OFF;
+    else
+        return cfg_fail(v, "log.access",
+                        cJSON_GetObjectItemCaseSensitive(obj, "access"),
+                        "is not an access log format; use \"text\", "
+                        "\"json\" or \"off\"");
+    return 0;
+}
+
+static int
 parse_root(struct validator *v, const cJSON *root, struct gw_config *c)
 {
-    static const char *const keys[] = {"listen", "admin", "limits",
-                                       "drain_timeout_ms", "routes", NULL};
+    static const char *const keys[] = {
+        "listen", "admin", "limits", "drain_timeout_ms", "log", "routes", NULL};
     static const char *const admin_keys[] = {"listen", NULL};
 
     if (!cJSON_IsObject(root)) {
         snprintf(v->err, v->err_size,
                  "%s: the document is %s; expected an object with \"routes\"",
-                 v->file, type_name(root));
+                 v->file, cfg_type_name(root));
         return -1;
     }
-    if (check_keys(v, root, "", keys) != 0 ||
+    if (cfg_check_keys(v, root, "", keys) != 0 ||
         parse_listen(v, root, "", "listen", "0.0.0.0:8080", &c->listen) != 0)
         return -1;
 
@@ -677,15 +739,16 @@ parse_root(struct validator *v, const cJSON *root, struct gw_config *c)
     const cJSON empty = {.type = cJSON_Object};
     if (admin == NULL)
         admin = &empty;
-    if (expect_object(v, admin, "admin") != 0 ||
-        check_keys(v, admin, "admin", admin_keys) != 0 ||
+    if (cfg_expect_object(v, admin, "admin") != 0 ||
+        cfg_check_keys(v, admin, "admin", admin_keys) != 0 ||
         parse_listen(v, admin, "admin", "listen", "127.0.0.1:9901",
                      &c->admin_listen) != 0)
         return -1;
 
     if (parse_limits(v, root, &c->limits) != 0 ||
-        opt_int(v, root, "", "drain_timeout_ms", 0, 600000, 10000,
-                "milliseconds", &c->drain_timeout_ms) != 0)
+        cfg_int(v, root, "", "drain_timeout_ms", 0, 600000, 10000,
+                "milliseconds", &c->drain_timeout_ms) != 0 ||
+        parse_log(v, root, c) != 0)
         return -1;
     return parse_routes(v, root, c);
 }
@@ -721,8 +784,8 @@ gw_config_parse(const char *text, size_t len, const char *path,
      * read one byte past text when it is not NUL-terminated. */
     if (root != NULL && end != NULL) {
         const char *rest = end;
-        while (rest < text + len &&
-               (*rest == ' ' || *rest == '\t' || *rest == '\n' || *rest == '\r'))
+        while (rest < text + len && (*rest == ' ' || *rest == '\t' ||
+                                     *rest == '\n' || *rest == '\r'))
             rest++;
         if (rest < text + len) {
             cJSON_Delete(root);
@@ -782,8 +845,9 @@ gw_config_load(const char *path, struct gw_config **out, char *err,
         goto out;
     }
     if (len > CONFIG_MAX_BYTES) {
-        snprintf(err, err_size, "%s: larger than %d bytes; is this the right "
-                                "file?",
+        snprintf(err, err_size,
+                 "%s: larger than %d bytes; is this the right "
+                 "file?",
                  path, CONFIG_MAX_BYTES);
         goto out;
     }
@@ -797,6 +861,8 @@ out:
 static void
 route_free(struct gw_route *r)
 {
+    gw_route_runtime_put(&r->runtime);
+    cfg_route_policies_free(r);
     free(r->name);
     free(r->prefix);
     for (size_t i = 0; i < r->method_count; i++)

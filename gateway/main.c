@@ -135,7 +135,7 @@ health(const char *path)
 
 /* Waits for signals until SIGTERM or SIGINT; returns the exit code. */
 static int
-serve(struct gw_server *srv, const sigset_t *signals)
+serve(struct gw_server *srv, const sigset_t *signals, const char *path)
 {
     for (;;) {
         int sig = sigwaitinfo(signals, NULL);
@@ -146,9 +146,8 @@ serve(struct gw_server *srv, const sigset_t *signals)
             return 1;
         }
         if (sig == SIGHUP) {
-            /* TODO: reload the configuration on SIGHUP. */
-            gw_log_warn("main: SIGHUP received; reloading is not supported "
-                        "yet, the running configuration stays");
+            gw_log_info("main: SIGHUP received, reloading %s", path);
+            gw_server_reload(srv, path);
             continue;
         }
         const struct gw_config *cfg = srv->current->config;
@@ -207,7 +206,7 @@ run(const char *path)
                 "config=%s",
                 GW_NAME, GW_VERSION, traffic_host, srv.traffic_port,
                 admin_host, srv.admin_port, cfg->route_count, path);
-    int code = serve(&srv, &signals);
+    int code = serve(&srv, &signals, path);
     gw_server_stop(&srv);
     gw_log_info("main: stopped");
     return code;

@@ -110,6 +110,28 @@ gw_metrics_upstream(struct gw_route_metrics *rm,
     histogram_observe(&rm->upstream_latency, latency_ns);
 }
 
+void
+gw_metrics_fallback(struct gw_route_metrics *rm,
+                    enum gw_fallback_reason reason)
+{
+    atomic_fetch_add_explicit(&rm->fallbacks[gw_reason_index(reason)], 1,
+                              memory_order_relaxed);
+}
+
+void
+gw_metrics_retry(struct gw_route_metrics *rm)
+{
+    atomic_fetch_add_explicit(&rm->retries, 1, memory_order_relaxed);
+}
+
+void
+gw_metrics_breaker_transition(struct gw_route_metrics *rm, int to)
+{
+    if (to >= 0 && to < 3)
+        atomic_fetch_add_explicit(&rm->breaker_transitions[to], 1,
+                                  memory_order_relaxed);
+}
+
 /* --- rendering ------------------------------------------------------------ */
 
 static void

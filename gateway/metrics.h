@@ -17,6 +17,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "config.h"
 #include "upstream.h"
 
 #define GW_STATUS_MIN 100
@@ -38,6 +39,9 @@ struct gw_route_metrics {
     _Atomic uint64_t upstream_attempts[GW_UP_NOMEM + 1]; /* by outcome */
     struct gw_histogram request_latency;
     struct gw_histogram upstream_latency;
+    _Atomic uint64_t fallbacks[GW_REASON_COUNT]; /* by reason index */
+    _Atomic uint64_t retries;
+    _Atomic uint64_t breaker_transitions[3]; /* by enum wk_breaker_state */
 };
 
 struct gw_metrics {
@@ -67,6 +71,16 @@ void gw_metrics_request(struct gw_route_metrics *rm, unsigned status,
 /* Counts one upstream attempt: its outcome and latency. */
 void gw_metrics_upstream(struct gw_route_metrics *rm,
                          enum gw_upstream_outcome outcome, int64_t latency_ns);
+
+/* Counts a response served by a fallback, by the reason it was used. */
+void gw_metrics_fallback(struct gw_route_metrics *rm,
+                         enum gw_fallback_reason reason);
+
+/* Counts one retry of an upstream attempt. */
+void gw_metrics_retry(struct gw_route_metrics *rm);
+
+/* Counts a breaker transition into state to (an enum wk_breaker_state). */
+void gw_metrics_breaker_transition(struct gw_route_metrics *rm, int to);
 
 struct gw_server;
 

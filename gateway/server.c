@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include "log.h"
+#include "policy.h"
 #include "upstream.h"
 
 struct gw_config_ref *
@@ -37,18 +38,39 @@ gw_config_ref_put(struct gw_config_ref **refp)
     free(ref);
 }
 
-/* Points each route at its metrics, which outlive any one config. */
+static const struct gw_route *
+find_route(const struct gw_config *config, const char *name)
+{
+    for (size_t i = 0; config != NULL && i < config->route_count; i++) {
+        if (strcmp(config->routes[i].name, name) == 0)
+            return &config->routes[i];
+    }
+    return NULL;
+}
+
+/*
+ * Points each route of config at its metrics, which outlive any one config,
+ * and at its policies' run-time state: shared with the same route of
+ * previous when its policy settings are unchanged, new otherwise.
+ */
 static int
-attach_metrics(struct gw_server *srv, struct gw_config *config)
+attach_runtime(struct gw_server *srv, struct gw_config *config,
+               const struct gw_config *previous)
 {
     for (size_t i = 0; i < config->route_count; i++) {
-        config->routes[i].metrics =
-            gw_metrics_route(&srv->metrics, config->routes[i].name);
-        if (config->routes[i].metrics == NULL) {
+        struct gw_route *route = &config->routes[i];
+        const struct gw_route *old = find_route(previous, route->name);
+
+        route->metrics = gw_metrics_route(&srv->metrics, route->name);
+        if (route->metrics == NULL) {
             gw_log_error("server: cannot create metrics for route %s",
-                         config->routes[i].name);
+                         route->name);
             return -1;
         }
+        route->runtime = gw_route_runtime_get(
+            route, old != NULL ? old->runtime : NULL, route->metrics);
+        if (route->runtime == NULL)
+            return -1;
     }
     return 0;
 }
@@ -66,7 +88,7 @@ gw_server_start(struct gw_server *srv, struct gw_config *config)
     srv->current->config = config;
     atomic_init(&srv->current->refs, 1);
     config = NULL;
-    if (attach_metrics(srv, srv->current->config) != 0)
+    if (attach_runtime(srv, srv->current->config, NULL) != 0)
         goto fail;
 
     srv->upstream =
@@ -134,4 +156,66 @@ gw_server_stop(struct gw_server *srv)
     gw_config_ref_put(&srv->current);
     gw_metrics_destroy(&srv->metrics);
     pthread_mutex_destroy(&srv->config_lock);
+}
+
+/* Warns about settings a reload cannot apply to listeners already open. */
+static void
+warn_fixed_settings(const struct gw_config *old, const struct gw_config *new)
+{
+    if (strcmp(old->listen.text, new->listen.text) != 0 ||
+        strcmp(old->admin_listen.text, new->admin_listen.text) != 0)
+        gw_log_warn("server: reload: listen and admin.listen changes take "
+                    "effect at the next restart; still serving on %s and %s",
+                    old->listen.text, old->admin_listen.text);
+    if (old->limits.max_connections != new->limits.max_connections ||
+        old->limits.client_timeout_ms != new->limits.client_timeout_ms)
+        gw_log_warn("server: reload: limits.max_connections and "
+                    "limits.client_timeout_ms changes take effect at the "
+                    "next restart");
+}
+
+int
+gw_server_reload(struct gw_server *srv, const char *path)
+{
+    char err[1024];
+    struct gw_config *config = NULL;
+    struct gw_config_ref *ref = NULL;
+    struct gw_config_ref *old = gw_server_config_get(srv);
+    int rc = -1;
+
+    if (gw_config_load(path, &config, err, sizeof(err)) != 0) {
+        gw_log_error("server: reload failed, the running configuration "
+                     "stays: %s",
+                     err);
+        goto out;
+    }
+    ref = calloc(1, sizeof(*ref));
+    if (ref == NULL || attach_runtime(srv, config, old->config) != 0) {
+        gw_log_error("server: reload failed, the running configuration "
+                     "stays: out of memory");
+        goto out;
+    }
+    warn_fixed_settings(old->config, config);
+    ref->config = config;
+    config = NULL;
+    atomic_init(&ref->refs, 1);
+
+    /* Requests that started under the old config keep their reference to
+     * it; new requests take the new one from here on. */
+    pthread_mutex_lock(&srv->config_lock);
+    struct gw_config_ref *replaced = srv->current;
+    srv->current = ref;
+    pthread_mutex_unlock(&srv->config_lock);
+    gw_config_ref_put(&replaced);
+    ref = NULL;
+    rc = 0;
+    gw_log_info("server: reloaded %s: %zu routes", path,
+                srv->current->config->route_count);
+out:
+    atomic_fetch_add(
+        rc == 0 ? &srv->metrics.reloads_ok : &srv->metrics.reloads_failed, 1);
+    free(ref);
+    gw_config_free(&config);
+    gw_config_ref_put(&old);
+    return rc;
 }

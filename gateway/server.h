@@ -56,6 +56,15 @@ int gw_server_start(struct gw_server *srv, struct gw_config *config);
  */
 long gw_server_drain(struct gw_server *srv, long timeout_ms);
 
+/*
+ * Loads path and, when it is valid, makes it the configuration for new
+ * requests; requests in flight finish on theirs. Routes whose name and
+ * policy settings are unchanged keep their breaker, limiter and cache
+ * state. On an invalid file logs the error, keeps the running
+ * configuration and returns -1. Call from the main thread.
+ */
+int gw_server_reload(struct gw_server *srv, const char *path);
+
 /* Stops everything and frees what the server owns. */
 void gw_server_stop(struct gw_server *srv);
 

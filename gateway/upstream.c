@@ -19,6 +19,8 @@
 #include <unistd.h>
 
 #include "log.h"
+#include "workshop/clock.h"
+#include "workshop/timer.h"
 
 #define EVENTS_PER_WAIT 256
 #define EASY_CACHE_MAX  256
@@ -34,8 +36,10 @@ struct gw_upstream {
     struct gw_upstream_call *submit_tail;
     struct gw_upstream_call *cancel_head;
     bool stopping;
+    bool stopped; /* the loop has ended: submissions finish at once */
 
     /* Loop thread only. */
+    struct wk_timer_queue *timers;   /* retry backoffs, bulkhead waits */
     int64_t timer_deadline_ms;       /* -1: no curl timer pending */
     struct gw_upstream_call *active; /* calls added to the multi handle */
     CURL *easy_cache[EASY_CACHE_MAX];
@@ -370,6 +374,7 @@ start(struct gw_upstream *up, struct gw_upstream_call *call)
 
     call->outcome = GW_UP_OK;
     call->status = 0;
+    call->response_len = 0; /* a retry starts a new response */
     call->head_bytes = 0;
     call->over_limit = false;
     call->finished = false;
@@ -477,12 +482,23 @@ drain_queues(struct gw_upstream *up)
     return stopping;
 }
 
+/* Returns how long epoll may sleep: until curl's timer or the next timer
+ * of the queue, whichever comes first, rounded up to whole milliseconds. */
 static int
 wait_timeout_ms(const struct gw_upstream *up)
 {
-    if (up->timer_deadline_ms < 0)
+    int64_t left = up->timer_deadline_ms < 0 ? INT64_MAX
+                                             : up->timer_deadline_ms - now_ms();
+    wk_time next = wk_timer_next_deadline(up->timers);
+    if (next != WK_TIME_NEVER) {
+        wk_duration ns = next - wk_clock_now(NULL);
+        int64_t ms =
+            ns <= 0 ? 0 : (ns + WK_NSEC_PER_MSEC - 1) / WK_NSEC_PER_MSEC;
+        if (ms < left)
+            left = ms;
+    }
+    if (left == INT64_MAX)
         return -1;
-    int64_t left = up->timer_deadline_ms - now_ms();
     if (left <= 0)
         return 0;
     return left > 60000 ? 60000 : (int)left;
@@ -493,6 +509,32 @@ cancel_all(struct gw_upstream *up)
 {
     while (up->active != NULL)
         finish(up, up->active, GW_UP_CANCELLED);
+}
+
+/*
+ * Ends every call the loop still owns, and everything waiting on a timer:
+ * pending timers run at once (their callbacks see the calls they start
+ * cancelled), so no request waits for a retry or a bulkhead slot that will
+ * never come. Calls submitted from here on finish at once on the submitting
+ * thread.
+ */
+static void
+shut_down(struct gw_upstream *up)
+{
+    pthread_mutex_lock(&up->lock);
+    up->stopped = true;
+    pthread_mutex_unlock(&up->lock);
+    for (;;) {
+        drain_queues(up);
+        cancel_all(up);
+        if (wk_timer_run_due(up->timers, WK_TIME_NEVER - 1) > 0)
+            continue;
+        pthread_mutex_lock(&up->lock);
+        bool idle = up->submit_head == NULL && up->active == NULL;
+        pthread_mutex_unlock(&up->lock);
+        if (idle && wk_timer_count(up->timers) == 0)
+            break;
+    }
 }
 
 static void *
@@ -531,10 +573,12 @@ loop_main(void *arg)
                                      &running);
         }
         collect_finished(up);
+        wk_timer_run_due(up->timers, wk_clock_now(NULL));
+        collect_finished(up);
         if (stopping)
             break;
     }
-    cancel_all(up);
+    shut_down(up);
     return NULL;
 }
 
@@ -549,12 +593,36 @@ wake(struct gw_upstream *up)
     (void)n; /* a full counter still wakes the loop */
 }
 
+static void
+wake_timers(void *arg)
+{
+    struct gw_upstream *up = arg;
+
+    /* An earlier deadline: the loop recomputes how long it may sleep. */
+    wake(up);
+}
+
+struct wk_timer_queue *
+gw_upstream_timers(struct gw_upstream *up)
+{
+    return up->timers;
+}
+
 void
 gw_upstream_submit(struct gw_upstream *up, struct gw_upstream_call *call)
 {
     call->next = NULL;
     call->finished = false;
     pthread_mutex_lock(&up->lock);
+    if (up->stopped) {
+        call->finished = true;
+        pthread_mutex_unlock(&up->lock);
+        call->outcome = GW_UP_CANCELLED;
+        call->status = 0;
+        snprintf(call->error, sizeof(call->error), "the gateway is stopping");
+        call->done(call);
+        return;
+    }
     bool was_empty = up->submit_head == NULL;
     if (up->submit_tail != NULL)
         up->submit_tail->next = call;
@@ -582,6 +650,7 @@ gw_upstream_cancel(struct gw_upstream *up, struct gw_upstream_call *call)
 static void
 upstream_free(struct gw_upstream *up)
 {
+    wk_timer_queue_destroy(&up->timers);
     for (size_t i = 0; i < up->easy_cached; i++)
         curl_easy_cleanup(up->easy_cache[i]);
     if (up->multi != NULL)
@@ -606,7 +675,9 @@ gw_upstream_new(long max_idle_connections)
     up->epoll_fd = epoll_create1(EPOLL_CLOEXEC);
     up->event_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     up->multi = curl_multi_init();
-    if (up->epoll_fd < 0 || up->event_fd < 0 || up->multi == NULL) {
+    up->timers = wk_timer_queue_new(wake_timers, up);
+    if (up->epoll_fd < 0 || up->event_fd < 0 || up->multi == NULL ||
+        up->timers == NULL) {
         gw_log_error("upstream: cannot create the event loop: %s",
                      strerror(errno));
         upstream_free(up);

@@ -20,6 +20,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+struct wk_timer_queue;
+
 struct gw_header {
     char *name;
     char *value;
@@ -111,6 +113,12 @@ void gw_upstream_cancel(struct gw_upstream *up, struct gw_upstream_call *call);
  * the thread, frees everything, sets *up to NULL. Safe on NULL.
  */
 void gw_upstream_destroy(struct gw_upstream **up);
+
+/*
+ * Returns the loop's timer queue: callbacks of timers added to it run on the
+ * loop thread. Timers still pending when the loop stops never run.
+ */
+struct wk_timer_queue *gw_upstream_timers(struct gw_upstream *up);
 
 /* Frees what the call owns (url, headers, response) and clears it. */
 void gw_upstream_call_reset(struct gw_upstream_call *call);

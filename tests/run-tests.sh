@@ -90,6 +90,19 @@ run_valgrind() {
     done
 }
 
+# Builds everything with clang as well, so its warnings count too.
+clang_build() {
+    if ! make --no-print-directory -s test-clang >"$logdir/build-clang.log" 2>&1; then
+        failed=$((failed + 1))
+        failures+=("build CC=clang")
+        echo "FAIL build CC=clang (log: $logdir/build-clang.log)"
+        tail -n 40 "$logdir/build-clang.log"
+        return 1
+    fi
+    passed=$((passed + 1))
+    echo "PASS build CC=clang"
+}
+
 sanitizer_build() {
     local san=$1
     if ! make --no-print-directory -s SANITIZER="$san" all tests >"$logdir/build-$san.log" 2>&1; then
@@ -108,6 +121,7 @@ for w in "${what[@]}"; do
     integration) run_integration "$build" plain ;;
     scripts) run_scripts "$build" plain ;;
     all)
+        clang_build
         run_unit "$build" plain
         run_examples "$build" plain
         run_integration "$build" plain

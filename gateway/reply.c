@@ -1,0 +1,340 @@
+/*
+ * The response sent back for a request: the upstream's (possibly from a
+ * fallback upstream), a static or stale fallback, or the gateway's error.
+ * Every response is counted in the metrics and written to the access log.
+ * Runs on the libmicrohttpd thread.
+ */
+#include <limits.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "access_log.h"
+#include "headers.h"
+#include "log.h"
+#include "metrics.h"
+#include "request.h"
+#include "version.h"
+#include "workshop/error.h"
+
+static const char *
+fallback_reason(const struct request *r)
+{
+    if (r->result_fallback == NULL || r->reason == 0)
+        return NULL;
+    return gw_reason_name((enum gw_fallback_reason)r->reason);
+}
+
+static void
+access_log(struct request *r, unsigned status, const char *error)
+{
+    enum gw_access_log format = r->config->config->access_log;
+
+    if (format == GW_ACCESS_LOG_OFF)
+        return;
+    struct gw_access_entry e = {
+        .request_id = r->id,
+        .client = r->client_ip,
+        .method = r->method != NULL ? r->method : "-",
+        .target = r->target,
+        .route = r->route != NULL ? r->route->name : NULL,
+        .status = status,
+        .upstream_status =
+            r->attempts > 0 || r->on_alternate ? r->call.status : 0,
+        .attempts = r->attempts,
+        .duration_ns = wk_clock_now(NULL) - r->started,
+        .fallback = fallback_reason(r),
+        .error = error,
+    };
+    gw_access_log_write(format, &e);
+}
+
+/* Queues response with status, counts and logs it, and releases it. */
+static enum MHD_Result
+queue(struct request *r, unsigned status, struct MHD_Response *response,
+      const char *error)
+{
+    if (response == NULL) {
+        gw_log_error("reply: cannot create a response: out of memory "
+                     "request_id=%llu",
+                     (unsigned long long)r->id);
+        return MHD_NO; /* libmicrohttpd closes the connection */
+    }
+    const char *reason = fallback_reason(r);
+    if (reason != NULL)
+        MHD_add_response_header(response, "X-Workshop-Fallback", reason);
+    if (atomic_load(&r->srv->draining))
+        MHD_add_response_header(response, MHD_HTTP_HEADER_CONNECTION, "close");
+    enum MHD_Result rc = MHD_queue_response(r->conn, status, response);
+    MHD_destroy_response(response);
+    gw_metrics_request(request_metrics(r), status,
+                       wk_clock_now(NULL) - r->started);
+    access_log(r, status, error);
+    return rc;
+}
+
+/* Adds Retry-After in whole seconds, rounded up, when the wait is known. */
+static void
+add_retry_after(struct MHD_Response *response, wk_duration wait)
+{
+    char seconds[32];
+
+    if (wait <= 0)
+        return;
+    snprintf(seconds, sizeof(seconds), "%lld",
+             (long long)((wait + WK_NSEC_PER_SEC - 1) / WK_NSEC_PER_SEC));
+    MHD_add_response_header(response, "Retry-After", seconds);
+}
+
+static enum MHD_Result
+send_error(struct request *r, enum gw_error_kind kind, const char *allow,
+           const char *message)
+{
+    char body[512];
+    size_t len =
+        gw_error_body(kind, message, r->route != NULL ? r->route->name : NULL,
+                      body, sizeof(body));
+    struct MHD_Response *response =
+        MHD_create_response_from_buffer(len, body, MHD_RESPMEM_MUST_COPY);
+
+    if (response != NULL) {
+        MHD_add_response_header(response, "Content-Type", "application/json");
+        MHD_add_response_header(response, "X-Workshop-Error",
+                                gw_error_kind_name(kind));
+        if (allow != NULL)
+            MHD_add_response_header(response, "Allow", allow);
+        if (kind == GW_KIND_RATE_LIMITED || kind == GW_KIND_BREAKER_OPEN)
+            add_retry_after(response, r->retry_after);
+    }
+    return queue(r, gw_error_kind_status(kind), response,
+                 gw_error_kind_name(kind));
+}
+
+enum MHD_Result
+reply_error(struct request *r, enum gw_error_kind kind, const char *allow,
+            const char *fmt, ...)
+{
+    char message[256];
+    va_list ap;
+
+    va_start(ap, fmt);
+    vsnprintf(message, sizeof(message), fmt, ap);
+    va_end(ap);
+    return send_error(r, kind, allow, message);
+}
+
+/* Copies end-to-end fields of list onto response, then adds Via. */
+static int
+copy_headers(const struct gw_header_list *list, struct MHD_Response *response)
+{
+    struct gw_connection_values cv = {0};
+
+    for (size_t i = 0; i < list->count; i++) {
+        if (strcasecmp(list->items[i].name, "Connection") == 0)
+            gw_connection_values_add(&cv, list->items[i].value);
+    }
+    for (size_t i = 0; i < list->count; i++) {
+        const struct gw_header *h = &list->items[i];
+
+        if (!gw_header_forwarded(&cv, h->name))
+            continue;
+        if (strcasecmp(h->name, "Content-Length") == 0)
+            continue; /* libmicrohttpd writes the framing */
+        if (MHD_add_response_header(response, h->name, h->value) != MHD_YES)
+            return -1;
+    }
+    MHD_add_response_header(response, "Via", "1.1 " GW_NAME);
+    return 0;
+}
+
+static ssize_t
+no_content(void *cls, uint64_t pos, char *buf, size_t max)
+{
+    (void)cls;
+    (void)pos;
+    (void)buf;
+    (void)max;
+    return MHD_CONTENT_READER_END_OF_STREAM;
+}
+
+static bool
+parse_length(const char *text, unsigned long long *out)
+{
+    unsigned long long v = 0;
+
+    if (*text == '\0')
+        return false;
+    for (const char *c = text; *c != '\0'; c++) {
+        if (*c < '0' || *c > '9' || v > (ULLONG_MAX - 9) / 10)
+            return false;
+        v = v * 10 + (unsigned long long)(*c - '0');
+    }
+    *out = v;
+    return true;
+}
+
+/*
+ * Builds a response that has no body on the wire but may declare a length:
+ * a HEAD response carries the Content-Length the GET would have had, and a
+ * 304 the length of the representation (RFC 9110, 8.6). libmicrohttpd sends
+ * the declared size and never calls the reader for these.
+ */
+static struct MHD_Response *
+bodiless_response(long status, const struct gw_header_list *list)
+{
+    unsigned long long length = 0;
+    bool declared = false;
+
+    for (size_t i = 0; i < list->count && !declared; i++) {
+        if (strcasecmp(list->items[i].name, "Content-Length") == 0)
+            declared = parse_length(list->items[i].value, &length);
+    }
+    if (!declared || status == 204 || status < 200)
+        return MHD_create_response_from_buffer(0, (void *)"",
+                                               MHD_RESPMEM_PERSISTENT);
+    return MHD_create_response_from_callback(length, 4096, no_content, NULL,
+                                             NULL);
+}
+
+static bool
+is_bodiless(const struct request *r, long status)
+{
+    return strcmp(r->method, "HEAD") == 0 || status == 304 || status == 204 ||
+           status < 200;
+}
+
+/* Keeps a successful GET response for the route's stale fallback. */
+static void
+remember_for_stale(struct request *r)
+{
+    const struct gw_upstream_call *call = &r->call;
+
+    if (r->runtime == NULL || r->runtime->stale == NULL ||
+        r->result_fallback != NULL || strcmp(r->method, "GET") != 0 ||
+        call->status < 200 || call->status >= 300 || call->status == 206)
+        return;
+    struct gw_header_list kept = {0};
+    struct gw_connection_values cv = {0};
+    for (size_t i = 0; i < call->response_headers.count; i++) {
+        const struct gw_header *h = &call->response_headers.items[i];
+        if (strcasecmp(h->name, "Connection") == 0)
+            gw_connection_values_add(&cv, h->value);
+    }
+    for (size_t i = 0; i < call->response_headers.count; i++) {
+        const struct gw_header *h = &call->response_headers.items[i];
+        if (gw_header_forwarded(&cv, h->name) &&
+            strcasecmp(h->name, "Content-Length") != 0 &&
+            gw_header_list_add(&kept, h->name, strlen(h->name), h->value,
+                               strlen(h->value)) != 0)
+            break;
+    }
+    gw_stale_put(r->runtime->stale, r->target, (unsigned)call->status, &kept,
+                 call->response_body != NULL ? call->response_body : "",
+                 call->response_len, wk_clock_now(NULL));
+    gw_header_list_clear(&kept);
+}
+
+static enum MHD_Result
+reply_upstream(struct request *r)
+{
+    struct gw_upstream_call *call = &r->call;
+    struct MHD_Response *response;
+
+    remember_for_stale(r);
+    if (is_bodiless(r, call->status)) {
+        response = bodiless_response(call->status, &call->response_headers);
+    } else if (call->response_len > 0) {
+        response = MHD_create_response_from_buffer_with_free_callback(
+            call->response_len, call->response_body, free);
+        if (response != NULL)
+            call->response_body = NULL; /* libmicrohttpd frees it now */
+    } else {
+        response = MHD_create_response_from_buffer(0, (void *)"",
+                                                   MHD_RESPMEM_PERSISTENT);
+    }
+    if (response == NULL)
+        return send_error(r, GW_KIND_INTERNAL, NULL, "out of memory");
+    if (copy_headers(&call->response_headers, response) != 0) {
+        MHD_destroy_response(response);
+        gw_log_warn("reply: the upstream sent a header field that cannot be "
+                    "forwarded route=%s request_id=%llu",
+                    r->route->name, (unsigned long long)r->id);
+        return send_error(r, GW_KIND_UPSTREAM_ERROR, NULL,
+                          "the upstream sent an invalid header field");
+    }
+    return queue(r, (unsigned)call->status, response, NULL);
+}
+
+static enum MHD_Result
+reply_static(struct request *r)
+{
+    const struct gw_fallback *fb = r->result_fallback;
+    struct MHD_Response *response =
+        is_bodiless(r, fb->status)
+            ? MHD_create_response_from_buffer(0, (void *)"",
+                                              MHD_RESPMEM_PERSISTENT)
+            : MHD_create_response_from_buffer(fb->body_len, fb->body,
+                                              MHD_RESPMEM_MUST_COPY);
+
+    if (response == NULL)
+        return send_error(r, GW_KIND_INTERNAL, NULL, "out of memory");
+    for (size_t i = 0; i < fb->header_count; i++)
+        MHD_add_response_header(response, fb->headers[i].name,
+                                fb->headers[i].value);
+    if (fb->status == 503 || fb->status == 429)
+        add_retry_after(response, r->retry_after);
+    return queue(r, fb->status, response, NULL);
+}
+
+static enum MHD_Result
+reply_stale(struct request *r)
+{
+    struct gw_stale_copy *copy = &r->stale;
+    struct MHD_Response *response;
+    char age[32];
+
+    if (is_bodiless(r, copy->status)) {
+        response = MHD_create_response_from_buffer(0, (void *)"",
+                                                   MHD_RESPMEM_PERSISTENT);
+    } else {
+        response = MHD_create_response_from_buffer_with_free_callback(
+            copy->body_len, copy->body, free);
+        if (response != NULL)
+            copy->body = NULL;
+    }
+    if (response == NULL)
+        return send_error(r, GW_KIND_INTERNAL, NULL, "out of memory");
+    if (copy_headers(&copy->headers, response) != 0) {
+        MHD_destroy_response(response);
+        return send_error(r, GW_KIND_INTERNAL, NULL,
+                          "a stored header field cannot be sent");
+    }
+    wk_duration held = wk_clock_now(NULL) - copy->stored_at;
+    snprintf(age, sizeof(age), "%lld",
+             (long long)(held > 0 ? held / WK_NSEC_PER_SEC : 0));
+    MHD_add_response_header(response, "Age", age);
+    return queue(r, copy->status, response, NULL);
+}
+
+enum MHD_Result
+reply_result(struct request *r)
+{
+    if (r->err != WK_OK && r->result != RESULT_ERROR) {
+        /* The promise ended without its step's result: it was closed. */
+        return send_error(r, GW_KIND_SHUTTING_DOWN, NULL,
+                          "the gateway is shutting down");
+    }
+    switch (r->result) {
+    case RESULT_UPSTREAM:
+        return reply_upstream(r);
+    case RESULT_STATIC:
+        return reply_static(r);
+    case RESULT_STALE:
+        return reply_stale(r);
+    case RESULT_ERROR:
+        break;
+    }
+    return send_error(r, r->error_kind, NULL, r->error_message);
+}
