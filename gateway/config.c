@@ -573,6 +573,10 @@ parse_upstream(struct validator *v, const cJSON *obj, const char *route_path,
         cfg_int(v, up, path, "timeout_ms", 1, 3600000, 30000, "milliseconds",
                 &route->timeout_ms) != 0)
         return -1;
+    /* The default connect timeout never exceeds the call's own. */
+    if (cJSON_GetObjectItemCaseSensitive(up, "connect_timeout_ms") == NULL &&
+        route->connect_timeout_ms > route->timeout_ms)
+        route->connect_timeout_ms = route->timeout_ms;
     if (route->connect_timeout_ms > route->timeout_ms) {
         cfg_path_key(sub, sizeof(sub), path, "connect_timeout_ms");
         return cfg_fail(

@@ -513,6 +513,9 @@ parse_alternate(struct validator *v, const cJSON *obj, const char *path,
         cfg_int(v, up, sub, "timeout_ms", 1, 3600000, 5000, "milliseconds",
                 &fb->timeout_ms) != 0)
         return -1;
+    if (cJSON_GetObjectItemCaseSensitive(up, "connect_timeout_ms") == NULL &&
+        fb->connect_timeout_ms > fb->timeout_ms)
+        fb->connect_timeout_ms = fb->timeout_ms;
     if (fb->connect_timeout_ms > fb->timeout_ms) {
         cfg_path_key(url_path, sizeof(url_path), sub, "connect_timeout_ms");
         return cfg_fail(v, url_path, NULL,
