@@ -364,6 +364,42 @@ on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
     request_put(r);
 }
 
+/*
+ * Refuses a connection once max_connections are open: it is closed at
+ * accept, before any byte is read, and the open ones carry on. (Left to
+ * libmicrohttpd's own limit, the extra connections would wait unserved in
+ * the listen backlog instead.)
+ */
+static enum MHD_Result
+on_accept(void *cls, const struct sockaddr *addr, socklen_t addr_len)
+{
+    struct gw_server *srv = cls;
+    long max = srv->max_connections;
+
+    (void)addr;
+    (void)addr_len;
+    if (atomic_load_explicit(&srv->connections, memory_order_relaxed) >= max) {
+        atomic_fetch_add_explicit(&srv->connections_refused, 1,
+                                  memory_order_relaxed);
+        return MHD_NO;
+    }
+    return MHD_YES;
+}
+
+static void
+on_connection(void *cls, struct MHD_Connection *conn, void **socket_context,
+              enum MHD_ConnectionNotificationCode code)
+{
+    struct gw_server *srv = cls;
+
+    (void)conn;
+    (void)socket_context;
+    if (code == MHD_CONNECTION_NOTIFY_STARTED)
+        atomic_fetch_add_explicit(&srv->connections, 1, memory_order_relaxed);
+    else if (code == MHD_CONNECTION_NOTIFY_CLOSED)
+        atomic_fetch_sub_explicit(&srv->connections, 1, memory_order_relaxed);
+}
+
 /* Keeps the path and query exactly as received: the gateway forwards them
  * unchanged, so libmicrohttpd must not decode them. */
 static size_t
@@ -399,12 +435,17 @@ gw_proxy_start_daemon(struct gw_server *srv)
 
     if (cfg->listen.addr.ss_family == AF_INET6)
         flags |= MHD_USE_IPv6;
+    srv->max_connections = cfg->limits.max_connections;
     srv->traffic = MHD_start_daemon(
-        flags, 0, NULL, NULL, on_access, srv, MHD_OPTION_EXTERNAL_LOGGER,
+        flags, 0, on_accept, srv, on_access, srv, MHD_OPTION_EXTERNAL_LOGGER,
         mhd_log, NULL, MHD_OPTION_SOCK_ADDR,
-        (const struct sockaddr *)&cfg->listen.addr, MHD_OPTION_CONNECTION_LIMIT,
-        (unsigned)cfg->limits.max_connections, MHD_OPTION_CONNECTION_TIMEOUT,
-        timeout_s, MHD_OPTION_CONNECTION_MEMORY_LIMIT, pool,
+        (const struct sockaddr *)&cfg->listen.addr,
+        /* on_accept enforces max_connections; this is a backstop. */
+        MHD_OPTION_CONNECTION_LIMIT,
+        (unsigned)cfg->limits.max_connections + 16u,
+        MHD_OPTION_NOTIFY_CONNECTION, on_connection, srv,
+        MHD_OPTION_CONNECTION_TIMEOUT, timeout_s,
+        MHD_OPTION_CONNECTION_MEMORY_LIMIT, pool,
         MHD_OPTION_LISTEN_BACKLOG_SIZE, 4096u, MHD_OPTION_STRICT_FOR_CLIENT, 1,
         MHD_OPTION_LISTENING_ADDRESS_REUSE, 1u, MHD_OPTION_URI_LOG_CALLBACK,
         on_uri, srv, MHD_OPTION_NOTIFY_COMPLETED, on_completed, srv,

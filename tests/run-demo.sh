@@ -41,16 +41,30 @@ done
 cat <<'MSG'
 
 Workshop Gateway is running on http://127.0.0.1:8080 (admin on 127.0.0.1:9901),
-in front of a demo upstream on 127.0.0.1:9000. Try:
+in front of a demo upstream on 127.0.0.1:9000. The demo upstream takes
+?status=N, ?delay_ms=N and ?echo=1. Try:
 
-  curl -i http://127.0.0.1:8080/api/users/42                 proxied to the upstream
-  curl -i 'http://127.0.0.1:8080/echo/hello?echo=1'          the request as the upstream saw it
-  curl -i -X PATCH http://127.0.0.1:8080/api/users/42        405 with Allow
-  curl -i http://127.0.0.1:8080/nowhere                      404 from the gateway
-  curl -i 'http://127.0.0.1:8080/slow?delay_ms=1500'         504: slower than timeout_ms (1000)
-  curl -i 'http://127.0.0.1:8080/api/users?status=503'       the upstream's 503, passed through
-  curl http://127.0.0.1:9901/metrics                         Prometheus metrics
-  curl http://127.0.0.1:9901/readyz                          readiness
+  curl -i http://127.0.0.1:8080/api/users/42              proxied to the upstream
+  curl -i 'http://127.0.0.1:8080/echo/hello?echo=1'       the request as the upstream saw it
+  curl -i -X PATCH http://127.0.0.1:8080/api/users/42     405 with Allow
+  curl -i http://127.0.0.1:8080/nowhere                   404 from the gateway
+
+A breaker that opens, and its fallback:
+  for i in 1 2 3; do curl -s -o /dev/null -w '%{http_code}\n' 'http://127.0.0.1:8080/flaky?status=500'; done
+  curl -i http://127.0.0.1:8080/flaky                     200 from the fallback, X-Workshop-Fallback: breaker_open
+                                                          (the breaker closes again after 15 s)
+The rate limiter (3 at once, then 1 per second):
+  for i in 1 2 3 4; do curl -s -o /dev/null -w '%{http_code}\n' http://127.0.0.1:8080/limited; done
+A stale response while the upstream fails:
+  curl -i http://127.0.0.1:8080/catalog/books             200, now cached
+  curl -i -H 'X-Test-Status: 503' http://127.0.0.1:8080/catalog/books   the cached copy, with Age
+An upstream slower than its timeout_ms (1000), then one that is down
+(nothing listens on 127.0.0.1:9009) answered by an alternate upstream:
+  curl -i 'http://127.0.0.1:8080/slow?delay_ms=1500'      504 from the gateway
+  curl -i 'http://127.0.0.1:8080/backup/x?echo=1'         X-Workshop-Fallback: upstream_error
+
+  curl http://127.0.0.1:9901/metrics                      Prometheus metrics
+  curl http://127.0.0.1:9901/readyz                       readiness
 
 Press Ctrl-C to stop both.
 MSG

@@ -31,15 +31,15 @@ static const struct bad_case bad_cases[] = {
     {"document is not an object", "[1]", "the document is an array"},
     {"unknown top-level key", "{\"bogus\":1,\"routes\":[" ROUTE("") "]}",
      "test.json: bogus: unknown key; allowed keys here: listen, admin"},
-    {"unknown route key",
-     "{\"routes\":[" ROUTE(",\"retries\":3") "]}",
+    {"unknown route key", "{\"routes\":[" ROUTE(",\"retries\":3") "]}",
      "routes[0].retries: unknown key"},
     {"unknown upstream key",
      "{\"routes\":[{\"name\":\"a\",\"match\":{\"prefix\":\"/\"},"
      "\"upstream\":{\"url\":\"http://h\",\"timeout\":5}}]}",
      "routes[0].upstream.timeout: unknown key"},
-    {"duplicate key", "{\"listen\":\"1.2.3.4:1\",\"listen\":\"1.2.3.4:2\","
-                      "\"routes\":[" ROUTE("") "]}",
+    {"duplicate key",
+     "{\"listen\":\"1.2.3.4:1\",\"listen\":\"1.2.3.4:2\","
+     "\"routes\":[" ROUTE("") "]}",
      "listen: appears twice"},
     {"listen of the wrong type", "{\"listen\":8080,\"routes\":[" ROUTE("") "]}",
      "listen: 8080 is a number; expected a string"},
@@ -58,8 +58,7 @@ static const struct bad_case bad_cases[] = {
     {"admin of the wrong type", "{\"admin\":true,\"routes\":[" ROUTE("") "]}",
      "admin: true is a boolean; expected an object"},
     {"missing routes", "{}", "routes: is missing"},
-    {"empty routes", "{\"routes\":[]}",
-     "routes: [] is not a non-empty array"},
+    {"empty routes", "{\"routes\":[]}", "routes: [] is not a non-empty array"},
     {"route not an object", "{\"routes\":[\"x\"]}",
      "routes[0]: \"x\" is a string; expected an object"},
     {"missing name",
@@ -72,7 +71,7 @@ static const struct bad_case bad_cases[] = {
      "routes[0].name: \"a b\" contains ' '"},
     {"duplicate route name",
      "{\"routes\":[" ROUTE("") ",{\"name\":\"users\",\"match\":{\"prefix\":"
-     "\"/b\"},\"upstream\":{\"url\":\"http://h\"}}]}",
+                               "\"/b\"},\"upstream\":{\"url\":\"http://h\"}}]}",
      "routes[1].name: name \"users\" is already used by routes[0]"},
     {"prefix without a slash",
      "{\"routes\":[{\"name\":\"a\",\"match\":{\"prefix\":\"api\"},"
@@ -158,6 +157,79 @@ static const struct bad_case bad_cases[] = {
      "\"prefix\":\"/x\",\"methods\":[\"POST\"]},\"upstream\":{\"url\":"
      "\"http://h\"}}]}",
      "takes every method"},
+    {"rate limit of zero",
+     "{\"routes\":[" ROUTE(",\"rate_limit\":{\"rate\":0}") "]}",
+     "routes[0].rate_limit.rate: 0 is out of range; allowed 0.001 to 1e+06"},
+    {"unknown limiter key",
+     "{\"routes\":[" ROUTE(",\"rate_limit\":{\"key\":\"cookie\"}") "]}",
+     "routes[0].rate_limit.key: \"cookie\" is not a limiter key"},
+    {"max_keys on a global limiter",
+     "{\"routes\":[" ROUTE(",\"rate_limit\":{\"max_keys\":5}") "]}",
+     "routes[0].rate_limit.max_keys: is set but key is \"global\""},
+    {"breaker percent over 100",
+     "{\"routes\":[" ROUTE(",\"breaker\":{\"error_percent\":150}") "]}",
+     "routes[0].breaker.error_percent: 150 is out of range; allowed 1 to "
+     "100 (percent)"},
+    {"breaker window not a multiple of buckets",
+     "{\"routes\":[" ROUTE(",\"breaker\":{\"window_ms\":1001,"
+                           "\"buckets\":10}") "]}",
+     "routes[0].breaker.window_ms: is invalid with the other breaker"},
+    {"unknown breaker trip",
+     "{\"routes\":[" ROUTE(",\"breaker\":{\"trip\":\"sometimes\"}") "]}",
+     "routes[0].breaker.trip: \"sometimes\" is not a trip rule"},
+    {"unknown breaker key",
+     "{\"routes\":[" ROUTE(",\"breaker\":{\"threshold\":3}") "]}",
+     "routes[0].breaker.threshold: unknown key"},
+    {"bulkhead of zero",
+     "{\"routes\":[" ROUTE(",\"bulkhead\":{\"max_concurrent\":0}") "]}",
+     "routes[0].bulkhead.max_concurrent: 0 is out of range"},
+    {"retry attempts over the cap",
+     "{\"routes\":[" ROUTE(",\"retry\":{\"attempts\":11}") "]}",
+     "routes[0].retry.attempts: 11 is out of range; allowed 1 to 10"},
+    {"unknown retry condition",
+     "{\"routes\":[" ROUTE(",\"retry\":{\"on\":[\"4xx\"]}") "]}",
+     "routes[0].retry.on[0]: \"4xx\" is not a retry condition"},
+    {"retry status out of range",
+     "{\"routes\":[" ROUTE(",\"retry\":{\"on\":[\"timeout\",700]}") "]}",
+     "routes[0].retry.on[1]: 700 is not an HTTP status"},
+    {"max backoff under the base",
+     "{\"routes\":[" ROUTE(",\"retry\":{\"backoff_ms\":100,"
+                           "\"max_backoff_ms\":10}") "]}",
+     "routes[0].retry.max_backoff_ms: is invalid with the other retry"},
+    {"unknown fallback reason",
+     "{\"routes\":[" ROUTE(",\"fallback\":{\"on\":[\"oops\"]}") "]}",
+     "routes[0].fallback.on[0]: \"oops\" is not a fallback reason"},
+    {"fallback mixing kinds",
+     "{\"routes\":[" ROUTE(",\"fallback\":{\"status\":503,\"stale\":{}}") "]}",
+     "routes[0].fallback: mixes kinds"},
+    {"fallback status out of range",
+     "{\"routes\":[" ROUTE(",\"fallback\":{\"status\":99}") "]}",
+     "routes[0].fallback.status: 99 is out of range; allowed 200 to 599"},
+    {"fallback body and body_file",
+     "{\"routes\":[" ROUTE(",\"fallback\":{\"body\":\"x\","
+                           "\"body_file\":\"/etc/hostname\"}") "]}",
+     "routes[0].fallback.body: and body_file are both set"},
+    {"fallback body_file missing",
+     "{\"routes\":[" ROUTE(",\"fallback\":{\"body_file\":"
+                           "\"/nonexistent/f\"}") "]}",
+     "routes[0].fallback.body_file: \"/nonexistent/f\" cannot be opened"},
+    {"fallback header with CR",
+     "{\"routes\":[" ROUTE(",\"fallback\":{\"headers\":{\"X-A\":"
+                           "\"a\\rb\"}}") "]}",
+     "routes[0].fallback.headers.X-A: \"a\\rb\" is not a header value"},
+    {"fallback upstream invalid URL",
+     "{\"routes\":[" ROUTE(",\"fallback\":{\"upstream\":{\"url\":"
+                           "\"gopher://h\"}}") "]}",
+     "routes[0].fallback.upstream.url: \"gopher://h\" does not use the http"},
+    {"two stale fallbacks",
+     "{\"routes\":[" ROUTE(",\"fallback\":[{\"stale\":{}},"
+                           "{\"stale\":{}}]") "]}",
+     "routes[0].fallback[1]: is a second stale fallback"},
+    {"empty fallback array", "{\"routes\":[" ROUTE(",\"fallback\":[]") "]}",
+     "routes[0].fallback: [] is not a fallback object or an array"},
+    {"unknown access log format",
+     "{\"log\":{\"access\":\"xml\"},\"routes\":[" ROUTE("") "]}",
+     "log.access: \"xml\" is not an access log format"},
 };
 
 static void
@@ -171,8 +243,8 @@ config_rejects_bad_input(void **state)
 
         if (c->expected == NULL)
             continue;
-        int rc = gw_config_parse(c->json, strlen(c->json), "test.json",
-                                 &config, err, sizeof(err));
+        int rc = gw_config_parse(c->json, strlen(c->json), "test.json", &config,
+                                 err, sizeof(err));
         if (rc == 0 || strstr(err, c->expected) == NULL ||
             strncmp(err, "test.json: ", 11) != 0)
             fail_msg("case '%s': expected an error containing [%s], got rc=%d "
@@ -191,8 +263,7 @@ config_loads_defaults(void **state)
 
     (void)state;
     assert_int_equal(
-        gw_config_parse(json, strlen(json), "t.json", &c, err, sizeof(err)),
-        0);
+        gw_config_parse(json, strlen(json), "t.json", &c, err, sizeof(err)), 0);
     assert_string_equal(c->listen.text, "0.0.0.0:8080");
     assert_string_equal(c->admin_listen.text, "127.0.0.1:9901");
     assert_int_equal(c->limits.max_connections, 10000);
@@ -228,8 +299,8 @@ config_loads_every_key(void **state)
     char err[512] = "";
 
     (void)state;
-    int rc = gw_config_parse(json, strlen(json), "t.json", &c, err,
-                             sizeof(err));
+    int rc =
+        gw_config_parse(json, strlen(json), "t.json", &c, err, sizeof(err));
     if (rc != 0)
         fail_msg("unexpected error: %s", err);
     assert_int_equal(c->listen.addr.ss_family, AF_INET6);
@@ -240,12 +311,59 @@ config_loads_every_key(void **state)
     assert_int_equal(c->drain_timeout_ms, 0);
     assert_int_equal(c->routes[0].method_count, 2);
     assert_string_equal(c->routes[0].methods[1], "POST");
-    assert_string_equal(c->routes[0].upstream_url,
-                        "https://example.test:8443");
+    assert_string_equal(c->routes[0].upstream_url, "https://example.test:8443");
     assert_string_equal(c->routes[0].upstream_base, "/base");
     assert_true(c->routes[0].strip_prefix);
     assert_int_equal(c->routes[0].connect_timeout_ms, 5);
     assert_int_equal(c->routes[0].timeout_ms, 7);
+    gw_config_free(&c);
+}
+
+static void
+config_loads_policies(void **state)
+{
+    const char *json = "{\"routes\":[" ROUTE(
+        ",\"rate_limit\":{\"rate\":2.5,\"burst\":7,\"key\":"
+        "\"header:X-Api-Key\"},\"breaker\":{\"trip\":\"failure_rate\","
+        "\"failures_per_second\":0.5,\"burst\":4},\"bulkhead\":{"
+        "\"max_concurrent\":3,\"max_wait\":2,\"max_wait_ms\":50},"
+        "\"retry\":{\"attempts\":2,\"on\":[\"5xx\",429],"
+        "\"per_try_timeout_ms\":100},\"fallback\":[{\"on\":["
+        "\"timeout\"],\"upstream\":{\"url\":\"http://b:1/x\"}},"
+        "{\"stale\":{\"max_age_ms\":5}},{\"status\":200,\"body\":"
+        "\"ok\"}]") "]}";
+    struct gw_config *c = NULL;
+    char err[512] = "";
+
+    (void)state;
+    if (gw_config_parse(json, strlen(json), "t.json", &c, err, sizeof(err)))
+        fail_msg("unexpected error: %s", err);
+    const struct gw_route *r = &c->routes[0];
+    assert_true(r->rate_limit.enabled);
+    assert_true(r->rate_limit.lib.rate == 2.5);
+    assert_int_equal(r->rate_limit.lib.burst, 7);
+    assert_int_equal(r->rate_limit.key, GW_LIMIT_KEY_HEADER);
+    assert_string_equal(r->rate_limit.header, "X-Api-Key");
+    assert_int_equal(r->rate_limit.lib.max_keys, 10000);
+    assert_int_equal(r->breaker.lib.trip, WK_BREAKER_TRIP_FAILURE_RATE);
+    assert_int_equal(r->breaker.lib.burst, 4);
+    assert_int_equal(r->bulkhead.lib.max_wait, 2);
+    assert_int_equal(r->retry.lib.attempts, 2);
+    assert_int_equal(r->retry.lib.on, WK_RETRY_ON_5XX | WK_RETRY_ON_STATUSES);
+    assert_int_equal(r->retry.lib.status_count, 1);
+    assert_int_equal(r->retry.lib.statuses[0], 429);
+    assert_int_equal(r->retry.per_try_timeout_ms, 100);
+    assert_int_equal(r->fallback_count, 3);
+    assert_int_equal(r->fallbacks[0].kind, GW_FALLBACK_UPSTREAM);
+    assert_int_equal(r->fallbacks[0].on, GW_REASON_TIMEOUT);
+    assert_string_equal(r->fallbacks[0].upstream_base, "/x");
+    assert_int_equal(r->fallbacks[1].kind, GW_FALLBACK_STALE);
+    assert_int_equal(r->fallbacks[1].on, GW_REASON_DEFAULT);
+    assert_int_equal(r->fallbacks[2].kind, GW_FALLBACK_STATIC);
+    assert_int_equal(r->fallbacks[2].status, 200);
+    assert_int_equal(r->fallbacks[2].body_len, 2);
+    assert_non_null(r->policy_settings);
+    assert_non_null(strstr(r->policy_settings, "\"rate_limit\""));
     gw_config_free(&c);
 }
 
@@ -276,9 +394,8 @@ config_missing_file_named(void **state)
     char err[512] = "";
 
     (void)state;
-    assert_int_equal(gw_config_load("/nonexistent/gw.json", &c, err,
-                                    sizeof(err)),
-                     -1);
+    assert_int_equal(
+        gw_config_load("/nonexistent/gw.json", &c, err, sizeof(err)), -1);
     assert_non_null(strstr(err, "/nonexistent/gw.json: cannot open"));
 }
 
@@ -302,6 +419,7 @@ main(void)
         cmocka_unit_test(config_rejects_bad_input),
         cmocka_unit_test(config_loads_defaults),
         cmocka_unit_test(config_loads_every_key),
+        cmocka_unit_test(config_loads_policies),
         cmocka_unit_test(config_shipped_files_valid),
         cmocka_unit_test(config_missing_file_named),
         cmocka_unit_test(route_allows_head_with_get),
