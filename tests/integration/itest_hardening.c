@@ -217,9 +217,9 @@ static const struct fault_case fault_cases[] = {
     {"invalid status line", "action=bad_head", 502, "protocol_error"},
     {"head too large", "action=huge_head", 502, NULL},
     {"body over max_response_bytes", "body_size=200000", 502,
-     "response_too_large"},
-    {"stalled body", "action=stall_body&body_size=50000", 504, "timed_out"},
-    {"no answer at all", "action=stall", 504, "timed_out"},
+     "too_large"},
+    {"stalled body", "action=stall_body&body_size=50000", 504, "timeout"},
+    {"no answer at all", "action=stall", 504, "timeout"},
 };
 
 static void
