@@ -28,6 +28,13 @@
 #define UPSTREAM_HEAD_MIN (64 * 1024)
 
 static void call_finish(struct request *r);
+enum call_start_kind {
+    START_ATTEMPT,   /* admitted: the first attempt */
+    START_BULKHEAD,  /* wait for a bulkhead slot */
+    START_ALTERNATE, /* rejected: a fallback upstream */
+};
+static enum MHD_Result prepare_and_go(struct request *r, const char *version,
+                                      enum call_start_kind kind, wk_time now);
 static void attempt_submit(struct request *r);
 
 /* --- building the upstream request ---------------------------------------- */
@@ -495,17 +502,6 @@ cancel_call(void *arg)
     gw_upstream_cancel(r->srv->upstream, &r->call);
 }
 
-enum call_start_kind {
-    START_ATTEMPT,   /* admitted: the first attempt */
-    START_BULKHEAD,  /* wait for a bulkhead slot */
-    START_ALTERNATE, /* rejected: a fallback upstream */
-};
-
-struct call_start_arg {
-    struct request *r;
-    enum call_start_kind kind;
-};
-
 /* The promise's asynchronous step: starts the call on its first step. */
 static void
 call_step(struct wk_ctx *ctx, void *arg, const struct wk_value *last,
@@ -601,7 +597,8 @@ reject(struct request *r, unsigned reason, enum gw_error_kind kind,
     snprintf(r->error_message, sizeof(r->error_message), "%s", message);
 
     if (walk_fallbacks(r) != NULL)
-        return go_async(r, START_ALTERNATE, wk_clock_now(NULL));
+        return prepare_and_go(r, r->version, START_ALTERNATE,
+                              wk_clock_now(NULL));
     if (r->result_fallback != NULL)
         gw_metrics_fallback(request_metrics(r),
                             (enum gw_fallback_reason)reason);
@@ -626,21 +623,42 @@ limit_key(const struct request *r)
     return NULL;
 }
 
-enum MHD_Result
-call_start(struct request *r, const char *version)
+/* Builds the upstream request, then starts the call asynchronously. */
+static enum MHD_Result
+prepare_and_go(struct request *r, const char *version,
+               enum call_start_kind kind, wk_time now)
 {
-    struct gw_route_runtime *rt = r->runtime;
-    wk_time now = wk_clock_now(NULL);
     bool bad_request;
 
     if (prepare_call(r, version, &bad_request) != 0) {
+        if (r->bulkhead_held) {
+            r->bulkhead_held = false;
+            wk_bulkhead_release(r->runtime->bulkhead);
+        }
+        if (r->breaker_held) {
+            r->breaker_held = false;
+            wk_breaker_after(r->runtime->breaker, &r->permit, WK_ERR_CANCELLED,
+                             0, now);
+        }
         if (bad_request)
             return reply_error(r, GW_KIND_BAD_REQUEST, NULL,
                                "too many Connection header fields");
         return reply_error(r, GW_KIND_INTERNAL, NULL, "out of memory");
     }
+    return go_async(r, kind, now);
+}
+
+enum MHD_Result
+call_start(struct request *r, const char *version)
+{
+    struct gw_route_runtime *rt = r->runtime;
+    wk_time now = wk_clock_now(NULL);
+
     r->idempotent = is_idempotent(r->method);
-    r->deadline = r->started + WK_MSEC(r->route->timeout_ms);
+    /* timeout_ms counts from here, once the request is read: a slow upload
+     * does not use up the upstream's time. */
+    r->deadline = now + WK_MSEC(r->route->timeout_ms);
+    r->version = version;
 
     if (rt->limiter != NULL) {
         wk_duration wait = 0;
@@ -669,7 +687,7 @@ call_start(struct request *r, const char *version)
         if (wk_bulkhead_try_acquire(rt->bulkhead) == WK_OK) {
             r->bulkhead_held = true;
         } else if (r->route->bulkhead.lib.max_wait > 0) {
-            return go_async(r, START_BULKHEAD, now);
+            return prepare_and_go(r, version, START_BULKHEAD, now);
         } else {
             if (r->breaker_held) {
                 r->breaker_held = false;
@@ -680,5 +698,5 @@ call_start(struct request *r, const char *version)
                           "the route's bulkhead is full");
         }
     }
-    return go_async(r, START_ATTEMPT, now);
+    return prepare_and_go(r, version, START_ATTEMPT, now);
 }

@@ -58,6 +58,7 @@ struct request {
     char *target;                     /* normalized path and raw query */
     size_t path_len; /* length of target's path, before any '?' */
     const char *method;
+    const char *version; /* "HTTP/1.1"; kept by libmicrohttpd */
     uint64_t id;
     enum request_state state;
     char client_ip[INET6_ADDRSTRLEN];
