@@ -1,6 +1,8 @@
 /*
- * The admin listener: /healthz, /readyz and /metrics, on its own address so
- * that metrics are not served to the traffic side. Routes never reach it.
+ * The admin listener: /healthz, /readyz, /metrics and /metrics?format=json,
+ * on its own address so that metrics are not served to the traffic side.
+ * Routes never reach it. Its handler runs on the admin daemon's one thread,
+ * and a scrape holds no lock while it renders (see gw_metrics_render).
  */
 #include <errno.h>
 #include <microhttpd.h>
@@ -28,15 +30,30 @@ reply_text(struct MHD_Connection *conn, unsigned status,
     return rc;
 }
 
+/*
+ * Serves /metrics: the Prometheus text format, or JSON with ?format=json.
+ * Any other format value is a 400, so a typo does not silently get text.
+ */
 static enum MHD_Result
 reply_metrics(struct gw_server *srv, struct MHD_Connection *conn)
 {
+    const char *format =
+        MHD_lookup_connection_value(conn, MHD_GET_ARGUMENT_KIND, "format");
+    enum gw_metrics_format kind = GW_METRICS_TEXT;
     char *text;
     size_t len;
 
-    if (gw_metrics_render(srv, &text, &len) != 0)
+    if (format != NULL && strcmp(format, "json") == 0)
+        kind = GW_METRICS_JSON;
+    else if (format != NULL && strcmp(format, "text") != 0)
+        return reply_text(conn, 400, "text/plain; charset=utf-8",
+                          "invalid format; use format=text or format=json\n");
+    if (gw_metrics_render(srv, kind, &text, &len) != 0) {
+        gw_log_error("admin: cannot render /metrics: out of memory, or the "
+                     "text is over 64 MiB");
         return reply_text(conn, 500, "text/plain; charset=utf-8",
                           "cannot render metrics: out of memory\n");
+    }
     struct MHD_Response *response =
         MHD_create_response_from_buffer_with_free_callback(len, text, free);
     if (response == NULL) {
@@ -44,9 +61,29 @@ reply_metrics(struct gw_server *srv, struct MHD_Connection *conn)
         return MHD_NO;
     }
     MHD_add_response_header(response, "Content-Type",
-                            "text/plain; version=0.0.4; charset=utf-8");
+                            kind == GW_METRICS_JSON
+                                ? "application/json"
+                                : GW_METRICS_TEXT_CONTENT_TYPE);
     MHD_add_response_header(response, "Cache-Control", "no-store");
     enum MHD_Result rc = MHD_queue_response(conn, 200, response);
+    MHD_destroy_response(response);
+    return rc;
+}
+
+/* Sends 405 with the methods the admin endpoints serve. */
+static enum MHD_Result
+reply_method_not_allowed(struct MHD_Connection *conn)
+{
+    static const char body[] = "only GET and HEAD are served here\n";
+    struct MHD_Response *response = MHD_create_response_from_buffer(
+        sizeof(body) - 1, (void *)body, MHD_RESPMEM_PERSISTENT);
+
+    if (response == NULL)
+        return MHD_NO;
+    MHD_add_response_header(response, "Content-Type",
+                            "text/plain; charset=utf-8");
+    MHD_add_response_header(response, "Allow", "GET, HEAD");
+    enum MHD_Result rc = MHD_queue_response(conn, 405, response);
     MHD_destroy_response(response);
     return rc;
 }
@@ -69,8 +106,7 @@ on_admin(void *cls, struct MHD_Connection *conn, const char *url,
         return MHD_YES;
     }
     if (strcmp(method, "GET") != 0 && strcmp(method, "HEAD") != 0)
-        return reply_text(conn, 405, "text/plain; charset=utf-8",
-                          "only GET and HEAD are served here\n");
+        return reply_method_not_allowed(conn);
     if (strcmp(url, "/healthz") == 0)
         return reply_text(conn, 200, "text/plain; charset=utf-8", "ok\n");
     if (strcmp(url, "/readyz") == 0) {

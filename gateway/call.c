@@ -392,12 +392,19 @@ on_attempt_done(struct gw_upstream_call *call)
     wk_duration latency = now - r->attempt_started;
 
     gw_metrics_upstream(request_metrics(r), call->outcome, latency);
-    if (call->outcome != GW_UP_OK && call->outcome != GW_UP_CANCELLED)
-        gw_log_warn("call: upstream %s failed: %s (%s) route=%s attempt=%u "
-                    "request_id=%llu",
-                    call->url, gw_upstream_outcome_name(call->outcome),
-                    call->error, r->route->name, r->attempts,
-                    (unsigned long long)r->id);
+    if (call->outcome != GW_UP_OK && call->outcome != GW_UP_CANCELLED) {
+        /* One line per route and outcome every few seconds, with a count
+         * of the repeats, so a dead upstream cannot flood the log. */
+        char key[GW_LOG_KEY_MAX];
+        snprintf(key, sizeof(key), "upstream %s %s", r->route->name,
+                 gw_upstream_outcome_name(call->outcome));
+        gw_log_limited(GW_LOG_WARN, key,
+                       "call: upstream %s failed: %s (%s) route=%s "
+                       "attempt=%u request_id=%llu",
+                       call->url, gw_upstream_outcome_name(call->outcome),
+                       call->error, r->route->name, r->attempts,
+                       (unsigned long long)r->id);
+    }
 
     if (r->on_alternate) {
         /* A fallback upstream answered: use it unless it failed too. */

@@ -255,7 +255,7 @@ parse_retry_on(struct validator *v, const cJSON *obj, const char *path,
         cfg_path_index(item_path, sizeof(item_path), sub, i++);
         if (cJSON_IsNumber(item)) {
             double d = item->valuedouble;
-            if (d != (double)(int)d || d < 100 || d > 599)
+            if (d < 100 || d > 599 || d != (double)(int)d)
                 return cfg_fail(v, item_path, item,
                                 "is not an HTTP status from 100 to 599");
             if (c->status_count == WK_RETRY_MAX_STATUSES)

@@ -2,8 +2,8 @@
  * The stderr logger and the table that rate-limits repeated messages.
  *
  * The repeat table is a fixed array of slots found by hashing the key, with
- * a short linear probe; a mutex guards it and is held only to look up and
- * update one slot, never while formatting or writing.
+ * a short linear probe. A mutex guards it, held only to look up and update
+ * one slot and never while formatting or writing (except at flush).
  */
 #include "log.h"
 
@@ -133,7 +133,8 @@ write_line(enum gw_log_level level, const char *suffix, const char *fmt,
     if (suffix_len > sizeof(line) - len - 1)
         suffix_len = 0;
     append_escaped(line, &len, sizeof(line) - 1 - suffix_len, message);
-    memcpy(line + len, suffix, suffix_len);
+    if (suffix_len > 0)
+        memcpy(line + len, suffix, suffix_len);
     len += suffix_len;
     line[len++] = '\n';
 
@@ -249,8 +250,8 @@ repeat_admit(enum gw_log_level level, const char *key, uint64_t *suppressed,
 }
 
 void
-gw_log_limited_write(enum gw_log_level level, const char *key,
-                     const char *fmt, ...)
+gw_log_limited_write(enum gw_log_level level, const char *key, const char *fmt,
+                     ...)
 {
     struct repeat_report evicted = {.suppressed = 0};
     uint64_t suppressed = 0;

@@ -10,9 +10,9 @@
  * are written as \xHH, so one message is always one line.
  *
  * Repeats of the same message, such as an upstream that fails on every
- * request, go through gw_log_limited(): the first is written, and then at
- * most one line per interval per key, with the count of the repeats that
- * were not written.
+ * request, go through gw_log_limited(). It writes the first, and then at
+ * most one line per interval per key, which carries the count of the
+ * repeats that were not written.
  *
  * Thread safety: every function may be called from any thread, except the
  * test hooks at the end, which are for a single-threaded test's setup.
@@ -31,7 +31,7 @@ enum gw_log_level {
     GW_LOG_DEBUG,
 };
 
-/* Longest line written, newline included; longer messages are cut. */
+/* Maximum line length in bytes, newline included. Longer messages are cut. */
 #define GW_LOG_LINE_MAX 4096
 /* Default time between two lines of one gw_log_limited() key. */
 #define GW_LOG_REPEAT_INTERVAL_MS 10000
@@ -51,12 +51,12 @@ void gw_log_write(enum gw_log_level level, const char *fmt, ...)
 
 /*
  * Writes one line at level unless a line with the same key was written
- * less than the repeat interval ago; such a repeat is only counted. The
- * next line written for the key ends with " (N repeats suppressed)". key
- * names the kind of event, e.g. "upstream users connect failed", and must
- * not contain request data, whose variety would defeat the limit. Up to
- * 256 keys are tracked at once; a key pushed out of the table first logs
- * its pending count.
+ * less than the repeat interval ago, in which case the repeat is only
+ * counted. The next line written for the key ends with " (N repeats
+ * suppressed)". key names the kind of event, e.g. "upstream users connect
+ * failed". It must not contain request data, whose variety would defeat
+ * the limit. Up to 256 keys are tracked at once, and a key pushed out of
+ * the table first logs its pending count.
  */
 void gw_log_limited_write(enum gw_log_level level, const char *key,
                           const char *fmt, ...)
@@ -64,8 +64,8 @@ void gw_log_limited_write(enum gw_log_level level, const char *key,
 
 /*
  * Writes one line for each key with repeats not yet reported, such as
- * "log: 41 repeats suppressed since the last line: <key>", and forgets
- * every key. Call it at shutdown so the last counts are not lost.
+ * "log: 41 repeats suppressed since the last line: <key>", and clears the
+ * table. Call it at shutdown so the last counts are not lost.
  */
 void gw_log_flush_repeats(void);
 
@@ -96,7 +96,7 @@ void gw_log_set_fd(int fd);
 
 /*
  * Times repeats with clock (NULL: CLOCK_MONOTONIC) and an interval of
- * interval nanoseconds (0: GW_LOG_REPEAT_INTERVAL_MS). Forgets every key.
+ * interval nanoseconds (0: GW_LOG_REPEAT_INTERVAL_MS). Clears the table.
  */
 void gw_log_set_repeat_timing(const struct wk_clock *clock,
                               wk_duration interval);

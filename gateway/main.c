@@ -71,8 +71,8 @@ check_config(const char *path)
         fprintf(stderr, "%s: invalid configuration: %s\n", GW_NAME, err);
         return GW_EXIT_CONFIG;
     }
-    printf("%s: %s is valid: %zu route%s\n", GW_NAME, path,
-           config->route_count, config->route_count == 1 ? "" : "s");
+    printf("%s: %s is valid: %zu route%s\n", GW_NAME, path, config->route_count,
+           config->route_count == 1 ? "" : "s");
     gw_config_free(&config);
     return 0;
 }
@@ -126,8 +126,8 @@ health(const char *path)
         return 1;
     }
     if (status != 200) {
-        fprintf(stderr, "%s: health check of %s returned status %ld\n",
-                GW_NAME, url, status);
+        fprintf(stderr, "%s: health check of %s returned status %ld\n", GW_NAME,
+                url, status);
         return 1;
     }
     return 0;
@@ -204,10 +204,11 @@ run(const char *path)
     /* Tests read the bound ports from this line when they ask for port 0. */
     gw_log_info("main: %s %s ready traffic=%s:%u admin=%s:%u routes=%zu "
                 "config=%s",
-                GW_NAME, GW_VERSION, traffic_host, srv.traffic_port,
-                admin_host, srv.admin_port, cfg->route_count, path);
+                GW_NAME, GW_VERSION, traffic_host, srv.traffic_port, admin_host,
+                srv.admin_port, cfg->route_count, path);
     int code = serve(&srv, &signals, path);
     gw_server_stop(&srv);
+    gw_log_flush_repeats();
     gw_log_info("main: stopped");
     return code;
 }
@@ -251,8 +252,9 @@ main(int argc, char **argv)
             else if (strcmp(optarg, "debug") == 0)
                 gw_log_set_level(GW_LOG_DEBUG);
             else {
-                fprintf(stderr, "%s: invalid --log-level '%s'; use error, "
-                                "warn, info or debug\n",
+                fprintf(stderr,
+                        "%s: invalid --log-level '%s'; use error, "
+                        "warn, info or debug\n",
                         GW_NAME, optarg);
                 return 2;
             }
