@@ -186,11 +186,15 @@ bench: $(BENCH_BINS)
 
 # --- installing ----------------------------------------------------------
 
-install: $(LIBRARY) $(B)/libworkshop.pc
+# The .pc file is written here, not taken from the build, so it names the
+# PREFIX given to this command.
+install: $(LIBRARY)
 	install -d $(DESTDIR)$(PREFIX)/include/workshop $(DESTDIR)$(PREFIX)/lib/pkgconfig
 	install -m 0644 lib/include/workshop/*.h $(DESTDIR)$(PREFIX)/include/workshop/
 	install -m 0644 $(LIBRARY) $(DESTDIR)$(PREFIX)/lib/
-	install -m 0644 $(B)/libworkshop.pc $(DESTDIR)$(PREFIX)/lib/pkgconfig/
+	sed -e 's|@PREFIX@|$(PREFIX)|g' -e 's|@VERSION@|$(VERSION)|g' \
+	  lib/libworkshop.pc.in > $(DESTDIR)$(PREFIX)/lib/pkgconfig/libworkshop.pc
+	chmod 0644 $(DESTDIR)$(PREFIX)/lib/pkgconfig/libworkshop.pc
 
 format:
 	clang-format -i lib/*.c lib/include/workshop/*.h lib/examples/*.c \

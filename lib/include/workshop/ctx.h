@@ -18,11 +18,13 @@
 struct wk_ctx;
 
 /*
- * Creates a context. parent may be NULL. deadline is an absolute time on
- * clock (WK_TIME_NEVER for none); the effective deadline is the earlier of it
- * and the parent's. clock may be NULL for the monotonic clock; a child with a
- * NULL clock uses its parent's. Returns NULL when out of memory. The caller
- * owns one reference and releases it with wk_ctx_unref().
+ * Creates a context. parent may be NULL; the child keeps a reference to it.
+ * deadline is an absolute time on clock (WK_TIME_NEVER for none). The
+ * effective deadline is the earlier of it and the parent's, so both should
+ * be on the same clock. clock may be NULL for the monotonic clock; a child
+ * with a NULL clock uses its parent's. The clock must outlive the context.
+ * Returns NULL when out of memory. The caller owns one reference and
+ * releases it with wk_ctx_unref().
  */
 struct wk_ctx *wk_ctx_new(struct wk_ctx *parent, wk_time deadline,
                           const struct wk_clock *clock);
@@ -33,7 +35,10 @@ struct wk_ctx *wk_ctx_ref(struct wk_ctx *ctx);
 /* Drops the reference in *ctx and sets *ctx to NULL. Safe on NULL. */
 void wk_ctx_unref(struct wk_ctx **ctx);
 
-/* Cancels ctx and, through inheritance, every context derived from it. */
+/*
+ * Cancels ctx and, through inheritance, every context derived from it: a
+ * context reads its ancestors' flags when asked, so nothing is notified.
+ */
 void wk_ctx_cancel(struct wk_ctx *ctx);
 
 /* Returns true once ctx or one of its ancestors was cancelled. */

@@ -6,12 +6,15 @@
  * queue (every queued task runs) or cancels it (each queued task's cancel
  * function runs instead), then joins every thread.
  *
- * Thread safety: submit and stats may be called from any thread, including
- * from a task. Shutdown and destroy must not be called from a pool thread.
+ * Thread safety: submit, stats and wk_pool_is_worker may be called from any
+ * thread, including from a task. Shutdown and destroy must not be called from
+ * a pool thread (that aborts with a message), and must not race each other:
+ * call them from one thread.
  */
 #ifndef WORKSHOP_POOL_H
 #define WORKSHOP_POOL_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -30,12 +33,13 @@ struct wk_pool_stats {
     uint64_t running;   /* tasks running now */
     uint64_t completed; /* tasks that have returned since creation */
     uint64_t rejected;  /* submissions rejected since creation */
+    uint64_t cancelled; /* queued tasks cancelled by WK_POOL_CANCEL */
 };
 
 /*
- * Starts threads worker threads (at least 1) with room for queue_capacity
- * waiting tasks (at least 1). Returns NULL when out of memory or when a
- * thread cannot be created.
+ * Starts threads worker threads with room for queue_capacity waiting tasks;
+ * 0 counts as 1 for both. The workers block every signal. Returns NULL when
+ * out of memory or when a thread cannot be created.
  */
 struct wk_pool *wk_pool_new(unsigned threads, size_t queue_capacity);
 
@@ -49,7 +53,12 @@ struct wk_pool *wk_pool_new(unsigned threads, size_t queue_capacity);
 int wk_pool_submit(struct wk_pool *pool, wk_task_fn *run, wk_task_fn *cancel,
                    void *arg) __attribute__((warn_unused_result));
 
-/* Stops accepting tasks, drains or cancels the queue, joins every thread. */
+/*
+ * Stops accepting tasks, then joins every thread. With WK_POOL_DRAIN the
+ * workers run every queued task first. With WK_POOL_CANCEL they finish only
+ * the tasks already running, and the cancel functions of the queued ones run
+ * on the calling thread after the join. A second call does nothing.
+ */
 void wk_pool_shutdown(struct wk_pool *pool, enum wk_pool_shutdown how);
 
 /* Shuts down with WK_POOL_DRAIN if still running, frees, sets *pool NULL. */
@@ -57,5 +66,8 @@ void wk_pool_destroy(struct wk_pool **pool);
 
 /* Fills stats with a consistent snapshot of the counters. */
 void wk_pool_stats(struct wk_pool *pool, struct wk_pool_stats *stats);
+
+/* Returns true when the calling thread is one of pool's workers. */
+bool wk_pool_is_worker(const struct wk_pool *pool);
 
 #endif /* WORKSHOP_POOL_H */

@@ -13,45 +13,80 @@
  *     and a value, so the chain continues in success) or fails;
  *   - a "recover_and_retry" link belongs to the step before it: when that
  *     step fails, the recovery runs and then the step runs again, up to
- *     max_attempts runs of the step in all. When the attempts are used up, or
- *     the recovery itself fails, the chain continues in failure.
+ *     max_attempts runs of the step in all. When the attempts are used up,
+ *     the context's deadline has passed, or the recovery itself fails (its
+ *     error then becomes the chain's), the chain continues in failure.
  *
  * The chain settles when its last link has run, or when it is closed.
  *
- * Steps are synchronous (run() executes on a pool thread, or inline on the
- * thread that reached the step when the promise has no pool) or asynchronous
- * (run_async() starts work on the thread that reached the step and returns at
- * once; the work settles the step later, from any thread, through the settle
- * handle, exactly once).
+ * Threads. Synchronous functions (a step's run(), on_exception and recovery
+ * functions) run on a pool thread: the thread that reaches one hands it to
+ * the pool unless it is already one of the pool's workers, in which case it
+ * runs it inline. Without a pool they run inline on the thread that reached
+ * them. A full pool queue fails that run with WK_ERR_REJECTED; a pool shut
+ * down with WK_POOL_CANCEL before the run started settles the chain with
+ * WK_ERR_CANCELLED. An asynchronous step's run_async() is called on the
+ * thread that reached the step (the caller of wk_promise_start() for the
+ * first step), with no pool hop; it starts work and returns, and the work
+ * settles the step later, from any thread, through the settle handle,
+ * exactly once. The chain then goes on on the settling thread. So
+ * wk_promise_start() may run the whole chain, on_settle included, before it
+ * returns.
+ *
+ * Deadline. The promise's context carries opts.deadline and the parent's.
+ * No step is skipped or interrupted when it passes: every step runs and
+ * reads wk_ctx_err() or wk_ctx_remaining() to decide, as a Go function
+ * checks ctx.Err(). So the run_async() of a first step is always called
+ * inside a successful wk_promise_start(), unless one of its middlewares
+ * rejects the run or closes the promise. The promise
+ * itself uses the deadline in one place: recover_and_retry makes no new
+ * attempt once it has passed.
  *
  * Middlewares: a promise has default middlewares. A step's own middlewares
  * are appended to the defaults (WK_MW_APPEND) or replace them
- * (WK_MW_OVERRIDE). Before each run of a step the befores run with the step's
- * event key (the step's key, or else the promise's); a rejection fails that
- * run with the middleware's error. After the run the afters see its outcome
- * and latency.
+ * (WK_MW_OVERRIDE). Before each run of a step the befores run in order with
+ * the step's event key (the step's key, or else the promise's, or else "");
+ * a rejection fails that run with the middleware's error, the afters of the
+ * middlewares that had admitted it run in reverse order, and the step is
+ * not called. After an admitted run the afters run in reverse order with
+ * the run's outcome and the latency from the befores to the end of run() or
+ * to wk_settle(), read on the promise's clock. Every admitted run gets its
+ * afters, also when the promise was closed meanwhile. Befores and afters of
+ * a synchronous step run on the thread that runs the step; those of an
+ * asynchronous step run on the thread that reached it and on the settling
+ * thread.
  *
  * Cancellation: wk_promise_close() cancels the promise's context, so a running
  * step sees wk_ctx_cancelled(); an asynchronous step's cancel hook runs; no
  * later step runs; waiters and the on-settle callback get WK_ERR_CANCELLED.
- * A settle that arrives after close is dropped and its value freed.
+ * A settle that arrives after close is dropped and its value freed. If the
+ * parent context is cancelled, the chain stops at the next link and settles
+ * with WK_ERR_CANCELLED; a run in progress then is not told.
  *
  * Ownership of values:
  *   - a step's output value (struct wk_value) belongs to the promise from the
- *     moment the step returns WK_OK or settles; the promise frees it with the
- *     value's free function once the next link has run, or, for the final
- *     value, when the promise is freed;
+ *     moment the step returns WK_OK or settles with WK_OK; the promise frees
+ *     it with the value's free function when a later output replaces it, or
+ *     when the promise is freed;
  *   - the value a step receives as `last` is borrowed for the duration of the
- *     call (for an asynchronous step: until it settles);
+ *     call (for an asynchronous step: until it settles). A step may pass it
+ *     on unchanged by setting *out = *last: an output whose pointer is that
+ *     of `last` keeps the value as it is and is never freed twice;
  *   - an output written by a step that then returns an error is freed by the
  *     promise at once;
  *   - steps that never run produce nothing and free nothing; args passed to
  *     steps stay owned by the caller and must outlive the promise.
  *
+ * Memory: the promise is reference counted. wk_promise_free() drops the
+ * owner's reference; a started chain keeps its own until its last link, or
+ * the settle of a run outstanding at close, is done. So free may come first.
+ *
  * Thread safety: building calls (new, then, on_exception, recover_and_retry,
  * on_settle, start) must come from one thread before or at start. get, wait,
- * close, and free may be called from any thread, at any time, including from
- * inside a step or the on-settle callback.
+ * settled, close, and free may be called from any thread that holds the
+ * owner's reference, at any time, including from inside a step or the
+ * on-settle callback. Inside one of its own steps, get and wait return
+ * WK_ERR_INVALID instead of waiting for themselves.
  */
 #ifndef WORKSHOP_PROMISE_H
 #define WORKSHOP_PROMISE_H
@@ -94,23 +129,32 @@ struct wk_settle;
  * wk_settle(settle, ...) exactly once, from any thread.
  */
 typedef void wk_async_fn(struct wk_ctx *ctx, void *arg,
-                         const struct wk_value *last,
-                         struct wk_settle *settle);
+                         const struct wk_value *last, struct wk_settle *settle);
 
 /*
  * Settles an asynchronous step with err and, on success, value (whose
- * ownership moves to the promise). Must be called exactly once per run of the
- * step. After the promise was closed the settle is dropped: value is freed and
- * nothing else happens. The settle handle is invalid after the call.
+ * ownership moves to the promise; on an error it is freed). Must be called
+ * exactly once per run of the step; a second call that the promise can still
+ * detect aborts the process with a message. The chain goes on on the calling
+ * thread, unless run_async() has not returned yet: then its thread goes on
+ * once it returns. After the promise was closed the settle is dropped: the
+ * step's afters run, value is freed, and no later link runs. The settle
+ * handle is invalid after the call.
+ *
+ * If the promise's close is running the step's cancel hook on another thread,
+ * wk_settle() waits for the hook to return, so that after wk_settle() the
+ * hook is neither running nor due; do not call it holding a lock the hook
+ * takes.
  */
 void wk_settle(struct wk_settle *settle, int err, struct wk_value value);
 
 /*
  * Registers fn(arg) to run once if the promise is closed while this step is
- * running, so the step can abort its work; the step must still call
+ * running, so the step can abort its work. The step must still call
  * wk_settle(). Must be called before wk_settle(), from the step's own
- * run_async() call. fn may run on any thread, and concurrently with the
- * step's work.
+ * run_async() call. fn runs on the thread that calls wk_promise_close(), or
+ * at once on this thread if the promise was closed already, and may run
+ * concurrently with the step's work. It may call wk_settle() itself.
  */
 void wk_settle_on_cancel(struct wk_settle *settle, void (*fn)(void *arg),
                          void *arg);
@@ -128,18 +172,19 @@ struct wk_step {
     wk_step_fn *run;
     wk_async_fn *run_async;
     void *arg;
-    const char *key; /* event key for middlewares; NULL: the promise's key */
+    const char *key; /* event key for middlewares, copied; NULL: the
+                        promise's key */
     const struct wk_middleware *middlewares; /* copied by the promise */
     size_t middleware_count;
     enum wk_middleware_mode middleware_mode;
 };
 
 struct wk_promise_opts {
-    struct wk_pool *pool;       /* runs synchronous steps; NULL: inline */
-    struct wk_ctx *parent;      /* parent context, or NULL */
-    wk_time deadline;           /* absolute; 0 or WK_TIME_NEVER for none */
+    struct wk_pool *pool;         /* runs synchronous steps; NULL: inline */
+    struct wk_ctx *parent;        /* parent context, or NULL */
+    wk_time deadline;             /* absolute; 0 or WK_TIME_NEVER for none */
     const struct wk_clock *clock; /* NULL: monotonic */
-    const char *key;            /* default event key; copied */
+    const char *key;              /* default event key; copied */
     const struct wk_middleware *middlewares; /* defaults; copied */
     size_t middleware_count;
 };
@@ -158,8 +203,7 @@ struct wk_promise *wk_promise_new(const struct wk_promise_opts *opts,
 int wk_promise_then(struct wk_promise *p, const struct wk_step *step);
 
 /* Appends an exception step. WK_ERR_INVALID after start. */
-int wk_promise_on_exception(struct wk_promise *p, wk_recover_fn *fn,
-                            void *arg);
+int wk_promise_on_exception(struct wk_promise *p, wk_recover_fn *fn, void *arg);
 
 /*
  * Makes the last appended step retried on failure: fn recovers, then the step
@@ -171,15 +215,23 @@ int wk_promise_recover_and_retry(struct wk_promise *p, wk_recover_fn *fn,
                                  void *arg, unsigned max_attempts);
 
 /*
- * Called once when the chain settles, on the thread that settled it, with
- * the final error and value. The callback may take the value (copy it, then
- * clear *value); otherwise the promise keeps it for get() and frees it with
- * the promise. Register before start.
+ * Called once when a started chain settles, on the thread that settled it:
+ * the one that ran the last link, or the one that called close. It gets the
+ * final error and the chain's value, which is the final value on WK_OK, the
+ * last good value on a failure, and an empty value after close. The callback
+ * may take the value (copy it, then clear *value); otherwise the promise keeps
+ * it for get() and frees it with the promise. get() and wait() on other threads
+ * return once the callback has returned; inside it they return the result at
+ * once. A promise that is never started, or closed before start, never calls
+ * it. Register before start; WK_ERR_INVALID after.
  */
 typedef void wk_settled_fn(void *arg, int err, struct wk_value *value);
 int wk_promise_on_settle(struct wk_promise *p, wk_settled_fn *fn, void *arg);
 
-/* Starts the chain. Returns WK_OK, or an error if it was already started. */
+/*
+ * Starts the chain. Returns WK_OK; WK_ERR_INVALID if it was already started;
+ * WK_ERR_CANCELLED if it was closed before, and then nothing runs.
+ */
 int wk_promise_start(struct wk_promise *p);
 
 /*
@@ -187,7 +239,10 @@ int wk_promise_start(struct wk_promise *p);
  * clock; WK_TIME_NEVER to wait without limit) passes. Returns the chain's
  * error, or WK_ERR_TIMED_OUT when the deadline passed first; then the chain
  * goes on. On WK_OK, *value (if not NULL) points to the final value, owned by
- * the promise and valid until wk_promise_free().
+ * the promise and valid until wk_promise_free(); otherwise *value is NULL.
+ * A closed promise, even one never started, returns WK_ERR_CANCELLED. With a
+ * clock other than wk_clock_monotonic the waiter re-reads the clock every
+ * millisecond, so a manual clock moved past the deadline ends the wait.
  */
 int wk_promise_get(struct wk_promise *p, wk_time deadline,
                    const struct wk_value **value);
@@ -195,10 +250,14 @@ int wk_promise_get(struct wk_promise *p, wk_time deadline,
 /* Like wk_promise_get() without the value. */
 int wk_promise_wait(struct wk_promise *p, wk_time deadline);
 
-/* Returns true once the chain has settled. */
+/* Returns true once the chain's result is fixed (settled or closed). */
 bool wk_promise_settled(struct wk_promise *p);
 
-/* Cancels the chain as described above. Safe to call more than once. */
+/*
+ * Cancels the chain as described above; does nothing once it has settled.
+ * Runs the cancel hook of a step in progress and then on_settle, on this
+ * thread. Safe to call more than once.
+ */
 void wk_promise_close(struct wk_promise *p);
 
 /*
