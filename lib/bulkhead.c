@@ -18,6 +18,7 @@
  */
 #include "workshop/bulkhead.h"
 
+#include <assert.h>
 #include <errno.h>
 #include <pthread.h>
 #include <stdatomic.h>
@@ -360,6 +361,9 @@ wk_bulkhead_destroy(struct wk_bulkhead **bulkhead)
 
     if (bh == NULL)
         return;
+    /* A queued waiter's timer or callback would use the freed bulkhead. */
+    assert(atomic_load(&bh->waiting) == 0 &&
+           "wk_bulkhead_destroy: waiters are still queued");
     pthread_mutex_destroy(&bh->mu);
     free(bh);
     *bulkhead = NULL;
