@@ -68,7 +68,7 @@ LIBRARY := $(B)/libworkshop.a
 GW_CORE := $(B)/libgateway.a
 TEST_UPSTREAM := $(B)/test-upstream
 
-.PHONY: all deps run test test-unit test-integration test-examples \
+.PHONY: all deps deps-run run test test-unit test-integration test-examples \
 	tests test-clang bench install clean format lint \
 	check-banned
 .DEFAULT_GOAL := all
@@ -121,13 +121,17 @@ $(B)/libworkshop.pc: lib/libworkshop.pc.in Makefile
 
 # --- dependencies --------------------------------------------------------
 
-# Debian packages the build, the tests and `make run` need.
-DEB_PKGS := gcc clang make pkg-config libmicrohttpd-dev libcurl4-openssl-dev \
-	libcjson-dev libcmocka-dev valgrind curl prometheus nginx-light \
+# Debian packages the build and `make run` need, then those only the tests
+# need (clang and sanitizer runtimes, valgrind, nginx and Prometheus as test
+# peers).
+RUN_PKGS := gcc make pkg-config libmicrohttpd-dev libcurl4-openssl-dev \
+	libcjson-dev curl
+TEST_PKGS := $(RUN_PKGS) clang libcmocka-dev valgrind prometheus nginx-light \
 	libclang-rt-14-dev python3
 
-deps:
-	@missing=""; for p in $(DEB_PKGS); do \
+# Installs the packages of $(1) that are missing (apt-get, as root).
+define install_missing
+	@missing=""; for p in $(1); do \
 	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" \
 	    || missing="$$missing $$p"; \
 	done; \
@@ -140,10 +144,17 @@ deps:
 	export DEBIAN_FRONTEND=noninteractive; \
 	apt-get update -qq && apt-get install -y -qq --no-install-recommends \
 	  $$missing >/dev/null
+endef
+
+deps:
+	$(call install_missing,$(TEST_PKGS))
+
+deps-run:
+	$(call install_missing,$(RUN_PKGS))
 
 # --- running -------------------------------------------------------------
 
-run: deps
+run: deps-run
 	@$(MAKE) --no-print-directory all
 	@tests/run-demo.sh $(B)
 

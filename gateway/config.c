@@ -236,8 +236,9 @@ cfg_double(struct validator *v, const cJSON *obj, const char *path,
         return cfg_fail(v, sub, item, "is %s; expected a number (%s)",
                         cfg_type_name(item), unit);
     if (!(item->valuedouble >= min && item->valuedouble <= max))
-        return cfg_fail(v, sub, item, "is out of range; allowed %g to %g (%s)",
-                        min, max, unit);
+        return cfg_fail(v, sub, item,
+                        "is out of range; allowed %.15g to %.15g (%s)", min,
+                        max, unit);
     *out = item->valuedouble;
     return 0;
 }

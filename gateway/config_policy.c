@@ -101,9 +101,11 @@ parse_rate_limit(struct validator *v, const cJSON *route_obj,
         return -1;
     if (rl->key == GW_LIMIT_KEY_GLOBAL && rl->lib.max_keys != 0) {
         cfg_path_key(sub, sizeof(sub), path, "max_keys");
-        return cfg_fail(v, sub, NULL,
-                        "is set but key is \"global\"; set key "
-                        "to \"client_ip\" or \"header:NAME\"");
+        return cfg_fail(v, sub,
+                        cJSON_GetObjectItemCaseSensitive(obj, "max_keys"),
+                        "is set but key is \"global\", which has one "
+                        "bucket; set key to \"client_ip\" or "
+                        "\"header:NAME\", or drop max_keys");
     }
     rl->enabled = true;
     return 0;
@@ -191,12 +193,18 @@ parse_breaker(struct validator *v, const cJSON *route_obj,
              &c->half_open_requests) != 0)
         return -1;
 
+    if (c->window_ms % c->buckets != 0) {
+        cfg_path_key(sub, sizeof(sub), path, "window_ms");
+        return cfg_fail(v, sub, NULL,
+                        "%u is not a multiple of buckets (%u); each bucket "
+                        "covers window_ms / buckets",
+                        (unsigned)c->window_ms, (unsigned)c->buckets);
+    }
     const char *field = NULL;
     if (wk_breaker_config_check(c, &field) != 0) {
         cfg_path_key(sub, sizeof(sub), path, field != NULL ? field : "");
         return cfg_fail(v, sub, NULL,
-                        "is invalid with the other breaker settings; "
-                        "window_ms must be a multiple of buckets");
+                        "is invalid with the other breaker settings");
     }
     b->enabled = true;
     return 0;
@@ -326,13 +334,29 @@ parse_retry(struct validator *v, const cJSON *route_obj, const char *route_path,
                 "milliseconds", &r->per_try_timeout_ms) != 0)
         return -1;
 
+    if (c->max_backoff_ms < c->backoff_ms) {
+        cfg_path_key(sub, sizeof(sub), path, "max_backoff_ms");
+        return cfg_fail(v, sub, NULL,
+                        "%u (the default when not set is %u) is less than "
+                        "backoff_ms (%u); set max_backoff_ms to at least "
+                        "backoff_ms",
+                        (unsigned)c->max_backoff_ms,
+                        (unsigned)WK_RETRY_DEFAULT_MAX_BACKOFF_MS,
+                        (unsigned)c->backoff_ms);
+    }
+    if (c->budget_window_ms % WK_RETRY_BUDGET_BUCKETS != 0) {
+        cfg_path_key(sub, sizeof(sub), path, "budget_window_ms");
+        return cfg_fail(v, sub, NULL,
+                        "%u is not a multiple of %d (the budget window has %d "
+                        "buckets)",
+                        (unsigned)c->budget_window_ms, WK_RETRY_BUDGET_BUCKETS,
+                        WK_RETRY_BUDGET_BUCKETS);
+    }
     const char *field = NULL;
     if (wk_retry_config_check(c, &field) != 0) {
         cfg_path_key(sub, sizeof(sub), path, field != NULL ? field : "");
         return cfg_fail(v, sub, NULL,
-                        "is invalid with the other retry settings; "
-                        "max_backoff_ms must be at least backoff_ms and "
-                        "budget_window_ms a multiple of 10");
+                        "is invalid with the other retry settings");
     }
     r->enabled = true;
     return 0;

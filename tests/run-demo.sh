@@ -9,40 +9,64 @@ config=config/gateway.json
 
 upstream_pid=
 gateway_pid=
+status=0
+# Stops the gateway first, so it can drain requests in flight to the
+# upstream, then the upstream; keeps the exit status.
 stop() {
     trap - INT TERM EXIT
     echo
-    [ -n "$gateway_pid" ] && kill -TERM "$gateway_pid" 2>/dev/null && wait "$gateway_pid"
+    if [ -n "$gateway_pid" ] && kill -0 "$gateway_pid" 2>/dev/null; then
+        kill -TERM "$gateway_pid" 2>/dev/null
+    fi
+    [ -n "$gateway_pid" ] && wait "$gateway_pid"
+gateway_pid=
     [ -n "$upstream_pid" ] && kill -TERM "$upstream_pid" 2>/dev/null && wait "$upstream_pid"
     echo "run-demo: stopped the gateway and the demo upstream"
-    exit 0
+    exit "$status"
 }
 trap stop INT TERM EXIT
 
-"$build/workshop-gateway" --check-config "$config" || exit 2
+fail() {
+    echo "run-demo: $*" >&2
+    status=1
+    exit 1
+}
 
-"$build/test-upstream" --listen 127.0.0.1:9000 --quiet >/dev/null &
+"$build/workshop-gateway" --check-config "$config" || { status=2; exit 2; }
+
+# The upstream runs in its own session, so a Ctrl-C in the terminal reaches
+# the gateway (which then drains) but not the upstream it drains to.
+setsid "$build/test-upstream" --listen 127.0.0.1:9000 --quiet >/dev/null &
 upstream_pid=$!
 "$build/workshop-gateway" --config "$config" &
 gateway_pid=$!
 
-# Wait (up to 5 s) until the admin listener reports ready.
+# Wait (up to 5 s) until the gateway's own admin listener reports ready.
+ready=no
 for _ in $(seq 50); do
+    kill -0 "$upstream_pid" 2>/dev/null ||
+        fail "the demo upstream exited: is port 9000 in use? (see its error above)"
+    kill -0 "$gateway_pid" 2>/dev/null ||
+        fail "the gateway exited: is port 8080 or 9901 in use? (see its error above)"
     if curl -fsS -o /dev/null http://127.0.0.1:9901/readyz 2>/dev/null; then
+        ready=yes
         break
-    fi
-    if ! kill -0 "$gateway_pid" 2>/dev/null || ! kill -0 "$upstream_pid" 2>/dev/null; then
-        echo "run-demo: the gateway or the demo upstream exited; is port 8080, 9000 or 9901 in use?" >&2
-        exit 1
     fi
     sleep 0.1
 done
+sleep 0.2
+kill -0 "$gateway_pid" 2>/dev/null ||
+    fail "the gateway exited: is port 8080 or 9901 in use? (see its error above)"
+kill -0 "$upstream_pid" 2>/dev/null ||
+    fail "the demo upstream exited: is port 9000 in use? (see its error above)"
+[ "$ready" = yes ] || fail "the gateway did not report ready within 5 s"
 
 cat <<'MSG'
 
 Workshop Gateway is running on http://127.0.0.1:8080 (admin on 127.0.0.1:9901),
 in front of a demo upstream on 127.0.0.1:9000. The demo upstream takes
-?status=N, ?delay_ms=N and ?echo=1. Try:
+?status=N, ?delay_ms=N and ?echo=1, or the same as headers (X-Test-Status: N),
+which leave the URL, and so the stale cache's key, unchanged. Try:
 
   curl -i http://127.0.0.1:8080/api/users/42              proxied to the upstream
   curl -i 'http://127.0.0.1:8080/echo/hello?echo=1'       the request as the upstream saw it
@@ -52,7 +76,8 @@ in front of a demo upstream on 127.0.0.1:9000. The demo upstream takes
 A breaker that opens, and its fallback:
   for i in 1 2 3; do curl -s -o /dev/null -w '%{http_code}\n' 'http://127.0.0.1:8080/flaky?status=500'; done
   curl -i http://127.0.0.1:8080/flaky                     200 from the fallback, X-Workshop-Fallback: breaker_open
-                                                          (the breaker closes again after 15 s)
+                                                          (after 15 s the next request is a probe
+                                                          that closes it again)
 The rate limiter (3 at once, then 1 per second):
   for i in 1 2 3 4; do curl -s -o /dev/null -w '%{http_code}\n' http://127.0.0.1:8080/limited; done
 A stale response while the upstream fails:
@@ -69,3 +94,4 @@ An upstream slower than its timeout_ms (1000), then one that is down
 Press Ctrl-C to stop both.
 MSG
 wait "$gateway_pid"
+gateway_pid=

@@ -159,13 +159,13 @@ static const struct bad_case bad_cases[] = {
      "takes every method"},
     {"rate limit of zero",
      "{\"routes\":[" ROUTE(",\"rate_limit\":{\"rate\":0}") "]}",
-     "routes[0].rate_limit.rate: 0 is out of range; allowed 0.001 to 1e+06"},
+     "routes[0].rate_limit.rate: 0 is out of range; allowed 0.001 to 1000000 (requests per second)"},
     {"unknown limiter key",
      "{\"routes\":[" ROUTE(",\"rate_limit\":{\"key\":\"cookie\"}") "]}",
      "routes[0].rate_limit.key: \"cookie\" is not a limiter key"},
     {"max_keys on a global limiter",
      "{\"routes\":[" ROUTE(",\"rate_limit\":{\"max_keys\":5}") "]}",
-     "routes[0].rate_limit.max_keys: is set but key is \"global\""},
+     "routes[0].rate_limit.max_keys: 5 is set but key is \"global\""},
     {"breaker percent over 100",
      "{\"routes\":[" ROUTE(",\"breaker\":{\"error_percent\":150}") "]}",
      "routes[0].breaker.error_percent: 150 is out of range; allowed 1 to "
@@ -173,7 +173,7 @@ static const struct bad_case bad_cases[] = {
     {"breaker window not a multiple of buckets",
      "{\"routes\":[" ROUTE(",\"breaker\":{\"window_ms\":1001,"
                            "\"buckets\":10}") "]}",
-     "routes[0].breaker.window_ms: is invalid with the other breaker"},
+     "routes[0].breaker.window_ms: 1001 is not a multiple of buckets (10)"},
     {"unknown breaker trip",
      "{\"routes\":[" ROUTE(",\"breaker\":{\"trip\":\"sometimes\"}") "]}",
      "routes[0].breaker.trip: \"sometimes\" is not a trip rule"},
@@ -195,7 +195,8 @@ static const struct bad_case bad_cases[] = {
     {"max backoff under the base",
      "{\"routes\":[" ROUTE(",\"retry\":{\"backoff_ms\":100,"
                            "\"max_backoff_ms\":10}") "]}",
-     "routes[0].retry.max_backoff_ms: is invalid with the other retry"},
+     "routes[0].retry.max_backoff_ms: 10 (the default when not set is 250) "
+     "is less than backoff_ms (100)"},
     {"unknown fallback reason",
      "{\"routes\":[" ROUTE(",\"fallback\":{\"on\":[\"oops\"]}") "]}",
      "routes[0].fallback.on[0]: \"oops\" is not a fallback reason"},
