@@ -432,9 +432,11 @@ gw_proxy_start_daemon(struct gw_server *srv)
                      MHD_USE_ERROR_LOG;
     unsigned timeout_s =
         (unsigned)((cfg->limits.client_timeout_ms + 999) / 1000);
-    /* The connection's memory pool holds the request head and the read
-     * buffer; the head limit itself is checked in on_head(). */
-    size_t pool = (size_t)cfg->limits.max_header_bytes * 2 + 16384;
+    /* The connection's memory pool holds the request head, the read buffer
+     * and the response head; the head limit itself is checked in on_head().
+     * libmicrohttpd 0.9.75 clears the whole pool between requests on a
+     * connection, so a larger pool costs time on every request. */
+    size_t pool = (size_t)cfg->limits.max_header_bytes + 8192;
 
     if (cfg->listen.addr.ss_family == AF_INET6)
         flags |= MHD_USE_IPv6;

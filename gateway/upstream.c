@@ -259,14 +259,16 @@ on_timer(CURLM *multi, long timeout_ms, void *arg)
 
 /* --- calls (loop thread) ------------------------------------------------- */
 
+/*
+ * Takes a cached easy handle or makes one. A cached handle keeps its
+ * options: start() sets every option a call depends on, which is cheaper
+ * than curl_easy_reset() clearing and rebuilding the handle's state.
+ */
 static CURL *
 easy_get(struct gw_upstream *up)
 {
-    if (up->easy_cached > 0) {
-        CURL *easy = up->easy_cache[--up->easy_cached];
-        curl_easy_reset(easy);
-        return easy;
-    }
+    if (up->easy_cached > 0)
+        return up->easy_cache[--up->easy_cached];
     return curl_easy_init();
 }
 
@@ -349,22 +351,32 @@ classify(const struct gw_upstream_call *call, CURLcode code)
     }
 }
 
+/*
+ * Sets the method and body. Every option that an earlier call on this
+ * handle may have set is set again: NOBODY (HEAD), CUSTOMREQUEST and the
+ * POST body.
+ */
 static void
 set_method(CURL *easy, const struct gw_upstream_call *call)
 {
-    if (strcmp(call->method, "GET") == 0 && !call->send_body) {
-        curl_easy_setopt(easy, CURLOPT_HTTPGET, 1L);
-    } else if (strcmp(call->method, "HEAD") == 0 && !call->send_body) {
+    bool head = strcmp(call->method, "HEAD") == 0 && !call->send_body;
+
+    curl_easy_setopt(easy, CURLOPT_CUSTOMREQUEST, NULL);
+    if (head) {
         curl_easy_setopt(easy, CURLOPT_NOBODY, 1L);
-    } else {
-        curl_easy_setopt(easy, CURLOPT_CUSTOMREQUEST, call->method);
+        return;
     }
+    curl_easy_setopt(easy, CURLOPT_NOBODY, 0L);
+    curl_easy_setopt(easy, CURLOPT_HTTPGET, 1L);
     if (call->send_body) {
         curl_easy_setopt(easy, CURLOPT_POSTFIELDSIZE_LARGE,
                          (curl_off_t)call->body_len);
         curl_easy_setopt(easy, CURLOPT_POSTFIELDS,
                          call->body != NULL ? call->body : "");
     }
+    if (strcmp(call->method, "GET") != 0 &&
+        !(strcmp(call->method, "POST") == 0 && call->send_body))
+        curl_easy_setopt(easy, CURLOPT_CUSTOMREQUEST, call->method);
 }
 
 static void
@@ -395,6 +407,9 @@ start(struct gw_upstream *up, struct gw_upstream_call *call)
     curl_easy_setopt(easy, CURLOPT_CONNECTTIMEOUT_MS, call->connect_timeout_ms);
     curl_easy_setopt(easy, CURLOPT_TIMEOUT_MS, call->timeout_ms);
     curl_easy_setopt(easy, CURLOPT_NOSIGNAL, 1L);
+    /* Upstream URLs are reached directly: a proxy named in the process's
+     * environment (http_proxy and the like) must not reroute them. */
+    curl_easy_setopt(easy, CURLOPT_PROXY, "");
     curl_easy_setopt(easy, CURLOPT_PATH_AS_IS, 1L);
     curl_easy_setopt(easy, CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_1_1);
     curl_easy_setopt(easy, CURLOPT_TCP_NODELAY, 1L);
