@@ -61,8 +61,20 @@ cfg_fail(struct validator *v, const char *path, const cJSON *value,
     va_start(ap, fmt);
     vsnprintf(what, sizeof(what), fmt, ap);
     va_end(ap);
-    snprintf(v->err, v->err_size, "%s: %s: %s%s%s", v->file, path, shown,
+    char line[1024];
+    snprintf(line, sizeof(line), "%s: %s: %s%s%s", v->file, path, shown,
              value != NULL ? " " : "", what);
+    /* Keys and values from the file may hold control characters; the
+     * message stays one line, with those written as \xHH. */
+    size_t n = 0;
+    for (const unsigned char *c = (const unsigned char *)line;
+         *c != '\0' && n + 5 < v->err_size; c++) {
+        if (*c < 0x20 || *c == 0x7f)
+            n += (size_t)snprintf(v->err + n, v->err_size - n, "\\x%02x", *c);
+        else
+            v->err[n++] = (char)*c;
+    }
+    v->err[n] = '\0';
     return -1;
 }
 

@@ -191,11 +191,13 @@ bodiless_response(long status, const struct gw_header_list *list)
         if (strcasecmp(list->items[i].name, "Content-Length") == 0)
             declared = parse_length(list->items[i].value, &length);
     }
-    if (!declared || status == 204 || status < 200)
+    if (status == 204 || status < 200)
         return MHD_create_response_from_buffer(0, (void *)"",
                                                MHD_RESPMEM_PERSISTENT);
-    return MHD_create_response_from_callback(length, 4096, no_content, NULL,
-                                             NULL);
+    /* Without a declared length (a chunked upstream answer), the length is
+     * left unknown rather than claimed to be 0. */
+    return MHD_create_response_from_callback(
+        declared ? length : MHD_SIZE_UNKNOWN, 4096, no_content, NULL, NULL);
 }
 
 static bool
