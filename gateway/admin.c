@@ -135,7 +135,10 @@ mhd_log(void *cls, const char *fmt, va_list ap)
     /* The listener's own error names the address; this one says port 0. */
     if (strncmp(line, "Failed to bind to port", 22) == 0)
         return;
-    gw_log_warn("libmicrohttpd (admin): %s", line);
+    /* A client can make libmicrohttpd log a line per connection (a reset,
+     * a malformed head): one line per interval, with a count. */
+    gw_log_limited(GW_LOG_WARN, "libmicrohttpd (admin)",
+                   "libmicrohttpd (admin): %s", line);
 }
 
 int

@@ -14,7 +14,7 @@ struct gw_buf {
     char *data;
     size_t len;
     size_t capacity;
-    size_t max; /* appends that would pass max bytes fail */
+    size_t max;  /* appends that would pass max bytes fail */
     bool failed; /* an append has failed since the buffer was created */
 };
 

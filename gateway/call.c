@@ -207,9 +207,16 @@ classify_final(struct request *r)
     switch (call->outcome) {
     case GW_UP_OK:
         r->result = RESULT_UPSTREAM;
-        /* A 5xx passes through unless a fallback takes it over. */
-        if (call->status >= 500 && has_fallback_for(r, GW_REASON_STATUS_5XX))
+        /* A 5xx passes through unless a fallback takes it over. When a
+         * fallback upstream then fails too, the first answer is gone, so
+         * the client gets the gateway's 502. */
+        if (call->status >= 500 && has_fallback_for(r, GW_REASON_STATUS_5XX)) {
             r->reason = GW_REASON_STATUS_5XX;
+            r->error_kind = GW_KIND_UPSTREAM_ERROR;
+            snprintf(r->error_message, sizeof(r->error_message),
+                     "the upstream answered %ld and no fallback answered",
+                     call->status);
+        }
         return;
     case GW_UP_TIMEOUT:
         r->reason = GW_REASON_TIMEOUT;
@@ -661,6 +668,11 @@ call_start(struct request *r, const char *version)
     struct gw_route_runtime *rt = r->runtime;
     wk_time now = wk_clock_now(NULL);
 
+    /* After the drain the upstream loop is gone; a request that still
+     * arrives on an open connection is told so. */
+    if (gw_upstream_stopped(r->srv->upstream))
+        return reply_error(r, GW_KIND_SHUTTING_DOWN, NULL,
+                           "the gateway is shutting down");
     r->idempotent = is_idempotent(r->method);
     /* timeout_ms counts from here, once the request is read: a slow upload
      * does not use up the upstream's time. */

@@ -9,6 +9,7 @@
 #include "config.h"
 #include "config_internal.h"
 #include "policy.h"
+#include "route.h"
 
 #include <arpa/inet.h>
 #include <cjson/cJSON.h>
@@ -481,6 +482,18 @@ parse_match(struct validator *v, const cJSON *obj, const char *route_path,
                             "character, '?' or '#'; a prefix is a "
                             "path only");
     }
+    /* A prefix that is not in the normal form requests are matched in
+     * (see gw_path_normalize) could never match. */
+    char normal[PREFIX_MAX + 1];
+    const char *problem = NULL;
+    int n = gw_path_normalize(prefix, strlen(prefix), normal, sizeof(normal),
+                              &problem);
+    if (n < 0 || strcmp(normal, prefix) != 0)
+        return cfg_fail(v, sub, item,
+                        "is not in normal form (%s); write it as requests "
+                        "are matched: plain characters, no \".\" or \"..\" "
+                        "segments, no \"//\" or backslash",
+                        n < 0 ? problem : "it has encoded characters");
     route->prefix = strdup(prefix);
     if (route->prefix == NULL)
         return cfg_fail(v, sub, NULL, "out of memory");
@@ -796,6 +809,19 @@ gw_config_parse(const char *text, size_t len, const char *path,
     int rc = -1;
 
     *out = NULL;
+    /* cJSON ends a string at an escaped NUL, so "/a\u0000/b" would load as
+     * "/a"; such a value is never intended. */
+    for (size_t i = 0; i + 6 <= len; i++) {
+        if (memcmp(text + i, "\\u0000", 6) == 0) {
+            size_t line, col;
+            offset_position(text, i, &line, &col);
+            snprintf(err, err_size,
+                     "%s: line %zu, column %zu: a string contains \\u0000 "
+                     "(NUL), which no key or value may contain",
+                     path, line, col);
+            return -1;
+        }
+    }
     cJSON *root = cJSON_ParseWithLengthOpts(text, len, &end, false);
     /* Only white space may follow the document. cJSON's own check would
      * read one byte past text when it is not NUL-terminated. */

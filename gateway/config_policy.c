@@ -7,9 +7,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "config.h"
 #include "config_internal.h"
+#include "headers.h"
 
 /* The largest body_file a static fallback reads at load. */
 #define FALLBACK_BODY_MAX    (1024 * 1024)
@@ -462,6 +464,16 @@ parse_static_headers(struct validator *v, const cJSON *obj, const char *path,
             name_ok = name_ok && *c > ' ' && *c < 0x7f && *c != ':';
         if (!name_ok)
             return cfg_fail(v, item_path, NULL, "is not a valid header name");
+        /* The gateway frames the response itself. */
+        if (gw_header_is_hop_by_hop(item->string) ||
+            strcasecmp(item->string, "Content-Length") == 0)
+            return cfg_fail(v, item_path, NULL,
+                            "is set by the gateway; remove it");
+        for (size_t k = 0; k < fb->header_count; k++) {
+            if (strcasecmp(fb->headers[k].name, item->string) == 0)
+                return cfg_fail(v, item_path, NULL,
+                                "appears twice; give each header once");
+        }
         if (!cJSON_IsString(item) || strpbrk(item->valuestring, "\r\n") != NULL)
             return cfg_fail(v, item_path, item,
                             "is not a header value: expected a string "

@@ -143,8 +143,12 @@ static bool
 replaced_field(const char *name)
 {
     static const char *const names[] = {
-        "Host",          "Content-Length",   "Expect", "X-Forwarded-For",
-        "X-Forwarded-Proto", "X-Forwarded-Host",
+        "Host",
+        "Content-Length",
+        "Expect",
+        "X-Forwarded-For",
+        "X-Forwarded-Proto",
+        "X-Forwarded-Host",
     };
     for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
         if (strcasecmp(name, names[i]) == 0)
@@ -169,9 +173,8 @@ join_values(const struct gw_request_header *headers, size_t count,
 }
 
 struct curl_slist *
-gw_build_upstream_headers(const struct gw_request_header *headers,
-                          size_t count, const struct gw_forward_info *info,
-                          bool *bad_request)
+gw_build_upstream_headers(const struct gw_request_header *headers, size_t count,
+                          const struct gw_forward_info *info, bool *bad_request)
 {
     struct gw_connection_values cv = {0};
     struct curl_slist *list = NULL;
@@ -209,8 +212,8 @@ gw_build_upstream_headers(const struct gw_request_header *headers,
     char value[4096];
     join_values(headers, count, "X-Forwarded-For", value, sizeof(value));
     size_t used = strlen(value);
-    snprintf(value + used, sizeof(value) - used, "%s%s",
-             used > 0 ? ", " : "", info->client_ip);
+    snprintf(value + used, sizeof(value) - used, "%s%s", used > 0 ? ", " : "",
+             info->client_ip);
     list = append_field(list, "X-Forwarded-For", value, &failed);
     list = append_field(list, "X-Forwarded-Proto", "http", &failed);
     if (host != NULL)

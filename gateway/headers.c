@@ -7,7 +7,7 @@
 #include <strings.h>
 
 static const char *const hop_by_hop[] = {
-    "Connection", "Keep-Alive", "Proxy-Connection", "TE",
+    "Connection", "Keep-Alive",        "Proxy-Connection", "TE",
     "Trailer",    "Transfer-Encoding", "Upgrade",
 };
 

@@ -117,6 +117,7 @@ normalize_target(struct request *r)
 
 struct head_check {
     const char *problem;
+    bool host_seen;
     const char *content_length; /* the first value seen */
     bool transfer_encoding;
 };
@@ -142,8 +143,19 @@ check_field(void *arg, enum MHD_ValueKind kind, const char *name,
             hc->problem = "a header field name contains an invalid character";
     }
     if (value != NULL && hc->problem == NULL) {
-        if (strlen(value) != value_size || strpbrk(value, "\r\n") != NULL)
+        if (strlen(value) != value_size)
             hc->problem = "a header field value contains CR, LF or NUL";
+        for (const unsigned char *c = (const unsigned char *)value;
+             *c != '\0' && hc->problem == NULL; c++) {
+            if ((*c < ' ' && *c != '\t') || *c == 0x7f)
+                hc->problem = "a header field value contains CR, LF or "
+                              "another control character";
+        }
+    }
+    if (hc->problem == NULL && strcasecmp(name, "Host") == 0) {
+        if (hc->host_seen)
+            hc->problem = "the request has more than one Host field";
+        hc->host_seen = true;
     }
     if (hc->problem != NULL)
         return MHD_NO;
@@ -202,6 +214,16 @@ on_head(struct request *r, const char *method)
                            "the request head has %zu bytes; the limit is %ld",
                            info->header_size, cfg->limits.max_header_bytes);
 
+    /* libcurl cuts a URL at '#', so a fragment would reach the upstream
+     * as another path than the one routed; RFC 9112 (3.2) has no fragment
+     * in a request target. Control bytes and spaces are not allowed either
+     * (libmicrohttpd lets some through). */
+    for (const unsigned char *c = (const unsigned char *)r->target; *c; c++) {
+        if (*c == '#' || *c <= ' ' || *c == 0x7f)
+            return reply_error(r, GW_KIND_BAD_REQUEST, NULL,
+                               "the request target contains a '#', a space "
+                               "or a control character");
+    }
     const char *path = target_path(r->target);
     if (path == NULL)
         return reply_error(r, GW_KIND_BAD_REQUEST, NULL,
@@ -421,7 +443,9 @@ mhd_log(void *cls, const char *fmt, va_list ap)
     /* The listener's own error names the address; this one says port 0. */
     if (strncmp(line, "Failed to bind to port", 22) == 0)
         return;
-    gw_log_warn("libmicrohttpd: %s", line);
+    /* A client can make libmicrohttpd log a line per connection (a reset,
+     * a malformed head): one line per interval, with a count. */
+    gw_log_limited(GW_LOG_WARN, "libmicrohttpd", "libmicrohttpd: %s", line);
 }
 
 int

@@ -64,8 +64,9 @@ struct gw_forward_info {
  * curl_slist_free_all) or NULL when out of memory or when the request has
  * more Connection headers than the gateway accepts (*bad_request is set).
  */
-struct curl_slist *gw_build_upstream_headers(
-    const struct gw_request_header *headers, size_t count,
-    const struct gw_forward_info *info, bool *bad_request);
+struct curl_slist *
+gw_build_upstream_headers(const struct gw_request_header *headers, size_t count,
+                          const struct gw_forward_info *info,
+                          bool *bad_request);
 
 #endif /* GATEWAY_PROXY_H */

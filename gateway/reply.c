@@ -217,6 +217,20 @@ remember_for_stale(struct request *r)
         r->result_fallback != NULL || strcmp(r->method, "GET") != 0 ||
         call->status < 200 || call->status >= 300 || call->status == 206)
         return;
+    /* A response for one user must never be served to another: skip those
+     * that carry credentials or a session, or that say they are private. */
+    if (MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND,
+                                    "Authorization") != NULL ||
+        MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, "Cookie") != NULL)
+        return;
+    for (size_t i = 0; i < call->response_headers.count; i++) {
+        const struct gw_header *h = &call->response_headers.items[i];
+        if (strcasecmp(h->name, "Set-Cookie") == 0 ||
+            (strcasecmp(h->name, "Cache-Control") == 0 &&
+             (strcasestr(h->value, "no-store") != NULL ||
+              strcasestr(h->value, "private") != NULL)))
+            return;
+    }
     struct gw_header_list kept = {0};
     struct gw_connection_values cv = {0};
     for (size_t i = 0; i < call->response_headers.count; i++) {

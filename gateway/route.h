@@ -32,12 +32,12 @@ enum gw_match_result {
 enum gw_match_result gw_route_match(const struct gw_config *config,
                                     const char *path, size_t path_len,
                                     const char *method,
-                                    const struct gw_route **route,
-                                    char *allow, size_t allow_size);
+                                    const struct gw_route **route, char *allow,
+                                    size_t allow_size);
 
 /* Returns true when prefix (of length prefix_len) matches path. */
-bool gw_prefix_matches(const char *prefix, size_t prefix_len,
-                       const char *path, size_t path_len);
+bool gw_prefix_matches(const char *prefix, size_t prefix_len, const char *path,
+                       size_t path_len);
 
 /*
  * Writes the path to request upstream for path under route: the upstream's
@@ -61,7 +61,7 @@ int gw_route_upstream_path(const struct gw_route *route, const char *path,
  * Other escapes stay as received. Writes the result into out and returns its
  * length, or -1 with *problem set to a static description.
  */
-int gw_path_normalize(const char *path, size_t len, char *out,
-                      size_t out_size, const char **problem);
+int gw_path_normalize(const char *path, size_t len, char *out, size_t out_size,
+                      const char **problem);
 
 #endif /* GATEWAY_ROUTE_H */

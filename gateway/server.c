@@ -138,8 +138,10 @@ void
 gw_server_stop(struct gw_server *srv)
 {
     /* Stopping the upstream loop first settles every call still in flight
-     * as cancelled, which resumes its connection with a 503. */
-    gw_upstream_destroy(&srv->upstream);
+     * as cancelled, which resumes its connection with a 503. Requests that
+     * arrive on open connections until the listener stops get the same, so
+     * the loop's memory stays until then. */
+    gw_upstream_stop(srv->upstream);
     if (srv->traffic != NULL) {
         /* Give resumed connections a moment to send their responses. */
         for (int i = 0; i < 50 && atomic_load(&srv->in_flight) > 0; i++) {
@@ -153,6 +155,7 @@ gw_server_stop(struct gw_server *srv)
         MHD_stop_daemon(srv->admin);
         srv->admin = NULL;
     }
+    gw_upstream_destroy(&srv->upstream);
     gw_config_ref_put(&srv->current);
     gw_metrics_destroy(&srv->metrics);
     pthread_mutex_destroy(&srv->config_lock);

@@ -36,13 +36,13 @@ struct gw_server {
     struct gw_upstream *upstream;
     struct gw_metrics metrics;
 
-    _Atomic long in_flight;      /* requests between start and completion */
-    _Atomic long connections;    /* open client connections */
+    _Atomic long in_flight;   /* requests between start and completion */
+    _Atomic long connections; /* open client connections */
     _Atomic uint64_t connections_refused; /* past limits.max_connections */
     _Atomic uint64_t next_request_id;
     _Atomic bool ready;    /* config loaded and listeners up */
     _Atomic bool draining; /* shutting down: /readyz answers 503 */
-    long max_connections; /* fixed at start, like the listener */
+    long max_connections;  /* fixed at start, like the listener */
     uint16_t traffic_port;
     uint16_t admin_port;
 };

@@ -37,6 +37,7 @@ struct gw_upstream {
     struct gw_upstream_call *cancel_head;
     bool stopping;
     bool stopped; /* the loop has ended: submissions finish at once */
+    bool joined;  /* gw_upstream_stop() has joined the thread */
 
     /* Loop thread only. */
     struct wk_timer_queue *timers;   /* retry backoffs, bulkhead waits */
@@ -165,6 +166,7 @@ on_header(char *data, size_t size, size_t count, void *arg)
         return total; /* the blank line that ends a head */
     if (len >= 5 && strncmp(data, "HTTP/", 5) == 0) {
         gw_header_list_clear(&call->response_headers);
+        call->content_length[0] = '\0';
         return total;
     }
     if (data[0] == ' ' || data[0] == '\t') {
@@ -185,6 +187,29 @@ on_header(char *data, size_t size, size_t count, void *arg)
         value++;
     while (end > value && (end[-1] == ' ' || end[-1] == '\t'))
         end--;
+    for (const char *c = value; c < end; c++) {
+        if (((unsigned char)*c < ' ' && *c != '\t') || *c == 0x7f) {
+            call->invalid_head = true; /* could split the client's head */
+            return 0;
+        }
+    }
+    /* Differing Content-Length values leave the body's end unknown (RFC
+     * 9112, 6.3); libcurl would believe one of them. */
+    if ((size_t)(colon - data) == 14 &&
+        strncasecmp(data, "Content-Length", 14) == 0) {
+        size_t value_len = (size_t)(end - value);
+        if (call->content_length[0] != '\0' &&
+            (strlen(call->content_length) != value_len ||
+             strncmp(call->content_length, value, value_len) != 0)) {
+            call->invalid_head = true;
+            return 0;
+        }
+        snprintf(call->content_length, sizeof(call->content_length), "%.*s",
+                 (int)(value_len < sizeof(call->content_length) - 1
+                           ? value_len
+                           : sizeof(call->content_length) - 1),
+                 value);
+    }
     if (gw_header_list_add(&call->response_headers, data,
                            (size_t)(colon - data), value,
                            (size_t)(end - value)) != 0)
@@ -345,6 +370,8 @@ classify(const struct gw_upstream_call *call, CURLcode code)
         return call->status > 0 || call->head_bytes > 0 ? GW_UP_TOO_LARGE
                                                         : GW_UP_PROTOCOL;
     case CURLE_WRITE_ERROR:
+        if (call->invalid_head)
+            return GW_UP_PROTOCOL;
         return call->over_limit ? GW_UP_TOO_LARGE : GW_UP_NOMEM;
     default:
         return GW_UP_PROTOCOL;
@@ -359,7 +386,10 @@ classify(const struct gw_upstream_call *call, CURLcode code)
 static void
 set_method(CURL *easy, const struct gw_upstream_call *call)
 {
-    bool head = strcmp(call->method, "HEAD") == 0 && !call->send_body;
+    /* A HEAD request never sends a body, even one the client declared:
+     * sent as a custom method with a body, libcurl would wait for a
+     * response body that never comes. */
+    bool head = strcmp(call->method, "HEAD") == 0;
 
     curl_easy_setopt(easy, CURLOPT_CUSTOMREQUEST, NULL);
     if (head) {
@@ -389,6 +419,8 @@ start(struct gw_upstream *up, struct gw_upstream_call *call)
     call->response_len = 0; /* a retry starts a new response */
     call->head_bytes = 0;
     call->over_limit = false;
+    call->invalid_head = false;
+    call->content_length[0] = '\0';
     call->finished = false;
     call->error[0] = '\0';
     if (easy == NULL) {
@@ -716,6 +748,31 @@ gw_upstream_new(long max_idle_connections)
     return up;
 }
 
+bool
+gw_upstream_stopped(struct gw_upstream *up)
+{
+    pthread_mutex_lock(&up->lock);
+    bool stopped = up->stopping || up->stopped;
+    pthread_mutex_unlock(&up->lock);
+    return stopped;
+}
+
+void
+gw_upstream_stop(struct gw_upstream *up)
+{
+    if (up == NULL)
+        return;
+    pthread_mutex_lock(&up->lock);
+    bool joined = up->joined;
+    up->stopping = true;
+    up->joined = true;
+    pthread_mutex_unlock(&up->lock);
+    if (joined)
+        return;
+    wake(up);
+    pthread_join(up->thread, NULL);
+}
+
 void
 gw_upstream_destroy(struct gw_upstream **upp)
 {
@@ -723,11 +780,7 @@ gw_upstream_destroy(struct gw_upstream **upp)
 
     if (up == NULL)
         return;
-    pthread_mutex_lock(&up->lock);
-    up->stopping = true;
-    pthread_mutex_unlock(&up->lock);
-    wake(up);
-    pthread_join(up->thread, NULL);
+    gw_upstream_stop(up);
     upstream_free(up);
     *upp = NULL;
 }

@@ -88,6 +88,8 @@ struct gw_upstream_call {
     bool cancel_queued;
     bool finished;
     bool over_limit;
+    bool invalid_head;       /* a field the gateway cannot forward safely */
+    char content_length[24]; /* the first Content-Length value seen */
 };
 
 /*
@@ -109,9 +111,18 @@ void gw_upstream_submit(struct gw_upstream *up, struct gw_upstream_call *call);
 void gw_upstream_cancel(struct gw_upstream *up, struct gw_upstream_call *call);
 
 /*
- * Stops the loop: calls still in flight finish with GW_UP_CANCELLED. Joins
- * the thread, frees everything, sets *up to NULL. Safe on NULL.
+ * Stops the loop: calls still in flight finish with GW_UP_CANCELLED, and
+ * calls submitted from then on finish at once, on the submitting thread,
+ * with GW_UP_CANCELLED. Joins the thread. up stays valid until
+ * gw_upstream_destroy(). Safe on NULL and when called twice.
  */
+void gw_upstream_stop(struct gw_upstream *up);
+
+/* Returns true once gw_upstream_stop() has begun. */
+bool gw_upstream_stopped(struct gw_upstream *up);
+
+/* Stops the loop if it runs, frees everything, sets *up to NULL. Safe on
+ * NULL. No other thread may use up any more. */
 void gw_upstream_destroy(struct gw_upstream **up);
 
 /*

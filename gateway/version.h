@@ -3,6 +3,6 @@
 #define GATEWAY_VERSION_H
 
 #define GW_VERSION "0.1.0"
-#define GW_NAME "workshop-gateway"
+#define GW_NAME    "workshop-gateway"
 
 #endif /* GATEWAY_VERSION_H */

@@ -118,6 +118,13 @@ static const struct raw_case framing_cases[] = {
     {"repeated slash", "GET /open//x HTTP/1.1\r\nHost: a\r\n\r\n", 400},
     {"backslash", "GET /open\\..\\admin HTTP/1.1\r\nHost: a\r\n\r\n", 400},
     {"malformed escape", "GET /open/%zz HTTP/1.1\r\nHost: a\r\n\r\n", 400},
+    {"fragment in the target",
+     "GET /open#/../admin HTTP/1.1\r\nHost: a\r\n\r\n", 400},
+    {"tab in the target", "GET /open/a\tb HTTP/1.1\r\nHost: a\r\n\r\n", 400},
+    {"control byte in a header value",
+     "GET /open/x HTTP/1.1\r\nHost: a\r\nX-A: a\x01b\r\n\r\n", 400},
+    {"two Host fields", "GET /open/x HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+     400},
     {"declared body over the limit",
      "POST /open/x HTTP/1.1\r\nHost: a\r\nContent-Length: 1001\r\n\r\n", 413},
 };
@@ -184,6 +191,24 @@ chunked_body_over_limit_413(void **state)
 }
 
 static void
+head_with_empty_body_answered(void **state)
+{
+    static const char *const headers[] = {"Content-Length: 0", NULL};
+    char url[128];
+    struct h_response resp;
+
+    (void)state;
+    snprintf(url, sizeof(url), "http://127.0.0.1:%d/open/h?body_size=10",
+             gateway.port);
+    struct h_request req = {
+        .method = "HEAD", .url = url, .headers = headers, .timeout_ms = 3000};
+    assert_int_equal(h_http(&req, &resp), 0);
+    assert_int_equal(resp.status, 200);
+    assert_string_equal(h_header(&resp, "Content-Length", 0), "10");
+    h_response_free(&resp);
+}
+
+static void
 head_over_limit_431(void **state)
 {
     static char big[6000];
@@ -216,8 +241,11 @@ static const struct fault_case fault_cases[] = {
      502, "protocol_error"},
     {"invalid status line", "action=bad_head", 502, "protocol_error"},
     {"head too large", "action=huge_head", 502, NULL},
-    {"body over max_response_bytes", "body_size=200000", 502,
-     "too_large"},
+    {"body over max_response_bytes", "body_size=200000", 502, "too_large"},
+    {"differing Content-Length values", "header=Content-Length:5", 502,
+     "protocol_error"},
+    {"control byte in a header value", "header=X-A:a%01b", 502,
+     "protocol_error"},
     {"stalled body", "action=stall_body&body_size=50000", 504, "timeout"},
     {"no answer at all", "action=stall", 504, "timeout"},
 };
@@ -341,6 +369,7 @@ main(void)
         cmocka_unit_test(encoded_path_matches_plain),
         cmocka_unit_test(chunked_body_over_limit_413),
         cmocka_unit_test(head_over_limit_431),
+        cmocka_unit_test(head_with_empty_body_answered),
         cmocka_unit_test(upstream_faults_answered),
         cmocka_unit_test(sigterm_drains_in_flight),
     };

@@ -233,6 +233,16 @@ stale_served_when_down(void **state)
     assert_non_null(h_header(&resp, "Age", 0));
     h_response_free(&resp);
 
+    /* A response that sets a cookie belongs to one client: not stored. */
+    assert_int_equal(get_status("/stale/page?v=3&header=Set-Cookie:s%3D1"),
+                     200);
+    snprintf(url, sizeof(url),
+             "http://127.0.0.1:%d/stale/page?v=3&header=Set-Cookie:s%%3D1",
+             gateway.port);
+    assert_int_equal(h_http(&req, &resp), 0);
+    assert_int_equal(resp.status, 502);
+    h_response_free(&resp);
+
     /* Another query was never stored: the gateway's own 502. */
     snprintf(url, sizeof(url), "http://127.0.0.1:%d/stale/page?v=2",
              gateway.port);
