@@ -182,6 +182,11 @@ check_field(void *arg, enum MHD_ValueKind kind, const char *name,
  * Rejects heads whose framing is ambiguous or whose fields could smuggle a
  * second message past the upstream (RFC 9112, 6.3 and 5). Returns the
  * reason, or NULL when the head is acceptable.
+ *
+ * NOTE: libmicrohttpd 0.9.75 joins an obs-fold continuation line onto the
+ * field before this sees it, and cuts a value at a NUL byte. A fold that
+ * leaves an invalid name is rejected here; a one-word fold ("X-A: b\r\n c")
+ * arrives as a valid-looking field ("X-Ac: b") and is forwarded as such.
  */
 static const char *
 check_head_fields(struct MHD_Connection *conn)
