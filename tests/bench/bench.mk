@@ -1,0 +1,17 @@
+# Proxy benchmarks, included by the Makefile.
+#
+#   make bench-proxy           the gateway against nginx and HAProxy, quick
+#   ROUNDS=5 DURATION=10 make bench-proxy
+#                              the run that BENCHMARKS.md quotes
+#   make bench-proxy-profile   callgrind, strace -c and perf on the gateway
+#
+# Both install nginx, haproxy and wrk when missing (apt-get, as root) and
+# write under $(B)/bench/proxy.
+
+.PHONY: bench-proxy bench-proxy-profile
+
+bench-proxy: all
+	tests/bench/bench-proxy.sh $(B)
+
+bench-proxy-profile: all
+	tests/bench/proxy/profile.sh $(B)
