@@ -414,7 +414,7 @@ on_attempt_done(struct gw_upstream_call *call)
     }
 
     if (r->on_alternate) {
-        /* A fallback upstream answered: use it unless it failed too. */
+        /* A fallback upstream responded: use it unless it failed too. */
         if (call->outcome == GW_UP_OK && call->status < 500) {
             r->result = RESULT_UPSTREAM;
             call_finish(r);
@@ -668,8 +668,8 @@ call_start(struct request *r, const char *version)
     struct gw_route_runtime *rt = r->runtime;
     wk_time now = wk_clock_now(NULL);
 
-    /* After the drain the upstream loop is gone; a request that still
-     * arrives on an open connection is told so. */
+    /* After the drain the upstream loop is gone, so a request that still
+     * arrives on an open connection gets 503. */
     if (gw_upstream_stopped(r->srv->upstream))
         return reply_error(r, GW_KIND_SHUTTING_DOWN, NULL,
                            "the gateway is shutting down");

@@ -224,7 +224,7 @@ gw_build_upstream_headers(const struct gw_request_header *headers, size_t count,
     snprintf(value, sizeof(value), "%s %s", version, GW_NAME);
     list = append_field(list, "Via", value, &failed);
 
-    /* "Name:" with no value tells libcurl not to add its own field. */
+    /* With "Name:" and no value, libcurl does not add its own field. */
     if (!has_accept)
         list = append_line(list, "Accept:", &failed);
     list = append_line(list, "Expect:", &failed);

@@ -46,7 +46,7 @@ struct gw_request_header {
     const char *value;
 };
 
-/* What the gateway knows about the client side of a request. */
+/* The client side of a request, as the header builder needs it. */
 struct gw_forward_info {
     const char *client_ip;    /* textual address */
     const char *http_version; /* "HTTP/1.1" */

@@ -41,7 +41,7 @@ enum request_state {
     WAIT_CALL, /* suspended until the call settles */
 };
 
-/* What the response is made from. */
+/* The source of the response. */
 enum request_result {
     RESULT_UPSTREAM, /* call.status, call.response_headers and body */
     RESULT_STATIC,   /* a static fallback: result_fallback */
@@ -64,8 +64,8 @@ struct request {
     char client_ip[INET6_ADDRSTRLEN];
     bool body_too_large;
     bool send_body;
-    /* An answer decided from the head, sent once the body is read so the
-     * connection can stay open. */
+    /* An error response decided from the head, sent once the body is
+     * read so the connection can stay open. */
     bool deferred;
     enum gw_error_kind deferred_kind;
     char deferred_message[96];
@@ -94,7 +94,7 @@ struct request {
     enum request_result result;
     unsigned reason;      /* the enum gw_fallback_reason that applied */
     size_t next_fallback; /* the first fallback not yet tried */
-    const struct gw_fallback *result_fallback; /* the one that answered */
+    const struct gw_fallback *result_fallback; /* the fallback that responded */
     enum gw_error_kind error_kind;
     char error_message[128];
     wk_duration retry_after; /* for Retry-After; 0 when unknown */

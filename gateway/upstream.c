@@ -366,7 +366,7 @@ classify(const struct gw_upstream_call *call, CURLcode code)
         return GW_UP_TIMEOUT;
     case CURLE_OUT_OF_MEMORY:
         /* libcurl 7.88 also reports a response header line over its own
-         * 100 KiB cap this way, before on_header sees it. */
+         * 100 KiB cap this way, before on_header is called. */
         return call->status > 0 || call->head_bytes > 0 ? GW_UP_TOO_LARGE
                                                         : GW_UP_PROTOCOL;
     case CURLE_WRITE_ERROR:
