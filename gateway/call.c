@@ -480,7 +480,13 @@ attempt_submit(struct request *r)
     gw_upstream_submit(r->srv->upstream, call);
 }
 
-/* Runs when a queued request gets a bulkhead slot, or gives up waiting. */
+/*
+ * Runs when a queued request gets a bulkhead slot, or gives up waiting.
+ *
+ * NOTE: libmicrohttpd reports no close on a suspended connection, so a
+ * client that hangs up while queued keeps its place until max_wait_ms ends
+ * or a slot reaches it, and its call still runs.
+ */
 static void
 on_bulkhead_admit(void *arg, int err)
 {
