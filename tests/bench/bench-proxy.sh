@@ -27,8 +27,9 @@
 #
 # Each measurement starts its proxy afresh, checks one response, runs wrk
 # for WARMUP and then DURATION seconds, reads /proc/PID/stat and status,
-# and stops the proxy by PID. The quick default (3 rounds of 3 s) takes
-# about 6 minutes; ROUNDS=5 DURATION=10 takes about 25.
+# and stops the proxy by PID. On a 2-core machine the quick default (3
+# rounds of 3 s) takes about 5 minutes, and ROUNDS=5 DURATION=10 about 25
+# when no other load makes QUIET_WAIT wait.
 set -euo pipefail
 
 cd "$(dirname "$0")/../.."
@@ -260,8 +261,8 @@ all_cpu_times() {
 }
 
 # Waits up to QUIET_WAIT seconds until other processes leave both CPUs
-# below QUIET_MAX % busy over one second; the benchmark's own servers are
-# idle at that point.
+# below QUIET_MAX % busy over one second. The benchmark's own servers are
+# idle at that point, so all busy time counts as other load.
 wait_quiet() {
     local waited=0 before after busy
     [ "$QUIET_WAIT" -gt 0 ] || return 0
@@ -395,7 +396,7 @@ measure_once() {
 # of the CPUs is repeated, up to RETRIES times, and the attempt with the
 # least such load counts.
 measure() {
-    local scenario=$1 contender=$2 round=$3 attempt best_row= best_pct=101
+    local scenario=$1 contender=$2 round=$3 attempt best_row='' best_pct=101
     for ((attempt = 0; ; attempt++)); do
         measure_once "$scenario" "$contender" \
             "$scenario-$contender-r$round-a$attempt"

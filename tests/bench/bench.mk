@@ -1,8 +1,8 @@
 # Proxy benchmarks, included by the Makefile.
 #
 #   make bench-proxy           the gateway against nginx and HAProxy, quick
-#   ROUNDS=5 DURATION=10 make bench-proxy
-#                              the run that BENCHMARKS.md quotes
+#   ROUNDS=5 DURATION=10 QUIET_WAIT=20 QUIET_MAX=15 RETRIES=1 make bench-proxy
+#                              the settings of the run BENCHMARKS.md quotes
 #   make bench-proxy-profile   callgrind, strace -c and perf on the gateway
 #
 # Both install nginx, haproxy and wrk when missing (apt-get, as root) and

@@ -1,3 +1,6 @@
+# shellcheck shell=bash disable=SC2034
+# (HAPROXY_BIN, GATEWAY_PORT and the other globals are read by the callers.)
+#
 # Shell functions shared by bench-proxy.sh and proxy/profile.sh: tools,
 # ports, starting and stopping servers by PID, and reading /proc.
 #
@@ -210,7 +213,7 @@ start_static_upstream() {
 # bulkhead that never reject at these rates. When $3 is "yes" the access
 # log is off, as it is for nginx and HAProxy.
 write_gateway_config() {
-    local out=$1 with_policies=$2 log_off=${3:-no} policy_route= log=
+    local out=$1 with_policies=$2 log_off=${3:-no} policy_route='' log=''
     if [ "$with_policies" = yes ]; then
         policy_route=$(
             cat <<EOF

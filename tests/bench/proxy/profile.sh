@@ -197,8 +197,8 @@ perf_pid=$!
 (
     sleep $((DURATION / 2 + 1))
     memory_by_mapping "$gateway_pid" >"$OUT/memory-slow2000.txt"
-    cat /proc/"$gateway_pid"/status |
-        grep -E '^(VmHWM|VmRSS|Threads)' >>"$OUT/memory-slow2000.txt"
+    grep -E '^(VmHWM|VmRSS|Threads)' /proc/"$gateway_pid"/status \
+        >>"$OUT/memory-slow2000.txt"
 ) &
 memory_pid=$!
 requests=$(drive "$DURATION" 2000 "$slow_url" "$WORK/slow.wrk")
@@ -249,7 +249,7 @@ stop_server "$nginx_pid"
 # CALLGRIND_PID and CALLGRIND_URL once URL $2 returns a response. A URL
 # that is a path alone is taken on the gateway's port, from its ready line.
 callgrind_start() {
-    local name=$1 url=$2 target= line i
+    local name=$1 url=$2 target='' line i
     shift 2
     if [ "${url#/}" != "$url" ]; then
         target=$url
@@ -301,7 +301,7 @@ callgrind_profile() {
     callgrind_control -d "$CALLGRIND_PID" >/dev/null
     stop_server "$CALLGRIND_PID"
 
-    dump=$(ls "$WORK/$name".callgrind."$CALLGRIND_PID".* 2>/dev/null |
+    dump=$(ls "$WORK/$name.callgrind.$CALLGRIND_PID".* 2>/dev/null |
         head -1 || true)
     [ -n "$dump" ] || die "callgrind wrote no dump for $name in $WORK"
     cp "$dump" "$OUT/$name.callgrind"
