@@ -23,7 +23,7 @@
 #include "workshop/timer.h"
 
 #define EVENTS_PER_WAIT 256
-#define EASY_CACHE_MAX  256
+#define EASY_CACHE_MAX  1024
 
 struct gw_upstream {
     pthread_t thread;
@@ -228,7 +228,12 @@ on_body(char *data, size_t size, size_t count, void *arg)
         return 0;
     }
     if (call->response_len + len + 1 > call->response_capacity) {
+        /* A declared length sizes the buffer once; otherwise it doubles. */
+        unsigned long long declared = strtoull(call->content_length, NULL, 10);
         size_t cap = call->response_capacity ? call->response_capacity : 4096;
+        if (call->response_capacity == 0 && declared > 0 &&
+            declared <= call->max_body_bytes)
+            cap = (size_t)declared + 1;
         while (cap < call->response_len + len + 1)
             cap *= 2;
         char *body = realloc(call->response_body, cap);
@@ -442,6 +447,7 @@ start(struct gw_upstream *up, struct gw_upstream_call *call)
     /* Upstream URLs are reached directly: a proxy named in the process's
      * environment (http_proxy and the like) must not reroute them. */
     curl_easy_setopt(easy, CURLOPT_PROXY, "");
+    curl_easy_setopt(easy, CURLOPT_NOPROXY, "*");
     curl_easy_setopt(easy, CURLOPT_PATH_AS_IS, 1L);
     curl_easy_setopt(easy, CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_1_1);
     curl_easy_setopt(easy, CURLOPT_TCP_NODELAY, 1L);
