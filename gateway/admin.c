@@ -132,7 +132,8 @@ mhd_log(void *cls, const char *fmt, va_list ap)
     (void)cls;
     vsnprintf(line, sizeof(line), fmt, ap);
     line[strcspn(line, "\n")] = '\0';
-    /* The listener's own error names the address; this one says port 0. */
+    /* The listener's own error names the address, but this one names port
+     * 0, so it is dropped. */
     if (strncmp(line, "Failed to bind to port", 22) == 0)
         return;
     /* A client can make libmicrohttpd log a line per connection (a reset,

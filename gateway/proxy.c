@@ -1,7 +1,7 @@
 /*
  * The traffic listener: the libmicrohttpd handlers that read each request's
  * head and body, check them, match the route, and hand the request to the
- * call (call.c); the response is built in reply.c.
+ * call (call.c). reply.c builds the response.
  *
  * A request moves through these states, all on the libmicrohttpd thread:
  * READ_HEAD (check the head, route it), READ_BODY (collect the body up to
@@ -184,7 +184,7 @@ check_field(void *arg, enum MHD_ValueKind kind, const char *name,
  * reason, or NULL when the head is acceptable.
  *
  * NOTE: libmicrohttpd 0.9.75 joins an obs-fold continuation line onto the
- * field before this sees it, and cuts a value at a NUL byte. A fold that
+ * field before this check runs, and cuts a value at a NUL byte. A fold that
  * leaves an invalid name is rejected here; a one-word fold ("X-A: b\r\n c")
  * arrives as a valid-looking field ("X-Ac: b") and is forwarded as such.
  */
@@ -292,7 +292,7 @@ on_access(void *cls, struct MHD_Connection *conn, const char *url,
     (void)cls;
     (void)url;
     if (r == NULL) {
-        /* on_uri could not allocate; answer without per-request state. */
+        /* on_uri could not allocate, so respond without per-request state. */
         static const char body[] = "{\"error\":\"internal\",\"status\":503}\n";
         struct MHD_Response *response = MHD_create_response_from_buffer(
             sizeof(body) - 1, (void *)body, MHD_RESPMEM_PERSISTENT);
@@ -308,7 +308,7 @@ on_access(void *cls, struct MHD_Connection *conn, const char *url,
     case READ_BODY:
         if (*upload_data_size > 0) {
             /* A body past the limit, or one for a request already
-             * answered, is read and dropped. */
+             * rejected, is read and dropped. */
             if (!r->body_too_large && !r->deferred &&
                 gw_buf_append(&r->body, upload_data, *upload_data_size) != 0)
                 r->body_too_large = true;
@@ -445,7 +445,8 @@ mhd_log(void *cls, const char *fmt, va_list ap)
     (void)cls;
     vsnprintf(line, sizeof(line), fmt, ap);
     line[strcspn(line, "\n")] = '\0';
-    /* The listener's own error names the address; this one says port 0. */
+    /* The listener's own error names the address, but this one names port
+     * 0, so it is dropped. */
     if (strncmp(line, "Failed to bind to port", 22) == 0)
         return;
     /* A client can make libmicrohttpd log a line per connection (a reset,
@@ -461,7 +462,7 @@ gw_proxy_start_daemon(struct gw_server *srv)
                      MHD_USE_ERROR_LOG;
     unsigned timeout_s =
         (unsigned)((cfg->limits.client_timeout_ms + 999) / 1000);
-    /* The connection's memory pool holds the request head, the read buffer
+    /* The connection's memory pool contains the request head, the read buffer
      * and the response head; the head limit itself is checked in on_head().
      * libmicrohttpd 0.9.75 clears the whole pool between requests on a
      * connection, so a larger pool costs time on every request. */
