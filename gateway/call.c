@@ -7,7 +7,7 @@
  * suspended connection. Attempts and the retry backoff timers run on the
  * upstream loop thread; nothing here blocks a thread.
  *
- * The breaker sees every attempt: an attempt takes a permit before it starts
+ * The breaker counts every attempt: an attempt takes a permit before it starts
  * and reports its outcome when it ends. The limiter and the bulkhead see the
  * request once.
  */
@@ -208,7 +208,7 @@ classify_final(struct request *r)
     case GW_UP_OK:
         r->result = RESULT_UPSTREAM;
         /* A 5xx passes through unless a fallback takes it over. When a
-         * fallback upstream then fails too, the first answer is gone, so
+         * fallback upstream then fails too, the first response is gone, so
          * the client gets the gateway's 502. */
         if (call->status >= 500 && has_fallback_for(r, GW_REASON_STATUS_5XX)) {
             r->reason = GW_REASON_STATUS_5XX;
@@ -272,7 +272,7 @@ alternate_submit(struct request *r, const struct gw_fallback *fb)
 
 /*
  * Walks the route's fallbacks for r->reason from r->next_fallback on, in
- * order. A static fallback answers; a stale one answers when the cache has
+ * order. A static fallback responds, a stale one responds when the cache has
  * the response; an upstream one must be called. Returns that upstream
  * fallback (the caller submits it), or NULL when the result is final: a
  * fallback answered, or none applies and the gateway's error stands.
@@ -420,8 +420,8 @@ on_attempt_done(struct gw_upstream_call *call)
             call_finish(r);
             return;
         }
-        /* The gateway's error for the primary failure stands unless a
-         * later fallback answers. */
+        /* The gateway's error for the primary failure is sent unless a
+         * later fallback responds. */
         r->on_alternate = false;
         r->result = RESULT_ERROR;
         r->result_fallback = NULL;
@@ -603,7 +603,7 @@ go_async(struct request *r, enum call_start_kind kind, wk_time now)
 }
 
 /*
- * Answers a request that admission rejected: a static or stale fallback at
+ * Responds to a request that admission rejected: a static or stale fallback at
  * once, an alternate upstream asynchronously, or the gateway's error.
  */
 static enum MHD_Result

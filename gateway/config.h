@@ -38,7 +38,7 @@ struct gw_limits {
     long client_timeout_ms;  /* idle client connection */
 };
 
-/* Where a keyed rate limiter takes its key from. */
+/* The source of a rate limiter's key. */
 enum gw_limit_key {
     GW_LIMIT_KEY_GLOBAL,    /* one bucket for the whole route */
     GW_LIMIT_KEY_CLIENT_IP, /* one bucket per client address */
@@ -68,7 +68,7 @@ struct gw_retry_config {
     long per_try_timeout_ms; /* 0: each attempt may use what is left */
 };
 
-/* Why a fallback is used; a fallback's `on` is a bitwise OR of these. */
+/* Reasons for a fallback. A fallback's `on` is a bitwise OR of these. */
 enum gw_fallback_reason {
     GW_REASON_RATE_LIMITED = 1u << 0,
     GW_REASON_BREAKER_OPEN = 1u << 1,

@@ -3,6 +3,7 @@
  */
 #include "headers.h"
 
+#include <limits.h>
 #include <string.h>
 #include <strings.h>
 
@@ -67,5 +68,21 @@ gw_header_forwarded(const struct gw_connection_values *cv, const char *name)
         if (gw_connection_lists(cv->values[i], name))
             return false;
     }
+    return true;
+}
+
+bool
+gw_parse_content_length(const char *text, unsigned long long *out)
+{
+    unsigned long long v = 0;
+
+    if (*text == '\0')
+        return false;
+    for (const char *c = text; *c != '\0'; c++) {
+        if (*c < '0' || *c > '9' || v > (ULLONG_MAX - 9) / 10)
+            return false;
+        v = v * 10 + (unsigned long long)(*c - '0');
+    }
+    *out = v;
     return true;
 }

@@ -45,4 +45,10 @@ void gw_connection_values_add(struct gw_connection_values *cv,
 bool gw_header_forwarded(const struct gw_connection_values *cv,
                          const char *name);
 
+/*
+ * Parses a Content-Length value: decimal digits only, no sign or spaces,
+ * no overflow. Returns true and sets *out when valid.
+ */
+bool gw_parse_content_length(const char *text, unsigned long long *out);
+
 #endif /* GATEWAY_HEADERS_H */

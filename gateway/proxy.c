@@ -18,6 +18,7 @@
 #include <string.h>
 #include <strings.h>
 
+#include "headers.h"
 #include "log.h"
 #include "metrics.h"
 #include "request.h"
@@ -65,22 +66,6 @@ target_path(const char *target)
     const char *authority = strstr(target, "://") + 3;
     const char *path = authority + strcspn(authority, "/?");
     return *path == '/' ? path : NULL;
-}
-
-static bool
-parse_length(const char *text, unsigned long long *out)
-{
-    unsigned long long v = 0;
-
-    if (*text == '\0')
-        return false;
-    for (const char *c = text; *c != '\0'; c++) {
-        if (*c < '0' || *c > '9' || v > (ULLONG_MAX - 9) / 10)
-            return false;
-        v = v * 10 + (unsigned long long)(*c - '0');
-    }
-    *out = v;
-    return true;
 }
 
 /*
@@ -263,7 +248,7 @@ on_head(struct request *r, const char *method)
     const char *length = MHD_lookup_connection_value(
         r->conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
     unsigned long long declared = 0;
-    if (length != NULL && !parse_length(length, &declared))
+    if (length != NULL && !gw_parse_content_length(length, &declared))
         return reply_error(r, GW_KIND_BAD_REQUEST, NULL,
                            "Content-Length is not a number");
     if (declared > (unsigned long long)cfg->limits.max_body_bytes)

@@ -159,22 +159,6 @@ no_content(void *cls, uint64_t pos, char *buf, size_t max)
     return MHD_CONTENT_READER_END_OF_STREAM;
 }
 
-static bool
-parse_length(const char *text, unsigned long long *out)
-{
-    unsigned long long v = 0;
-
-    if (*text == '\0')
-        return false;
-    for (const char *c = text; *c != '\0'; c++) {
-        if (*c < '0' || *c > '9' || v > (ULLONG_MAX - 9) / 10)
-            return false;
-        v = v * 10 + (unsigned long long)(*c - '0');
-    }
-    *out = v;
-    return true;
-}
-
 /*
  * Builds a response that has no body on the wire but may declare a length:
  * a HEAD response carries the Content-Length the GET would have had, and a
@@ -189,7 +173,7 @@ bodiless_response(long status, const struct gw_header_list *list)
 
     for (size_t i = 0; i < list->count && !declared; i++) {
         if (strcasecmp(list->items[i].name, "Content-Length") == 0)
-            declared = parse_length(list->items[i].value, &length);
+            declared = gw_parse_content_length(list->items[i].value, &length);
     }
     if (status == 204 || status < 200)
         return MHD_create_response_from_buffer(0, (void *)"",
@@ -218,7 +202,7 @@ remember_for_stale(struct request *r)
         call->status < 200 || call->status >= 300 || call->status == 206)
         return;
     /* A response for one user must never be served to another: skip those
-     * that carry credentials or a session, or that say they are private. */
+     * that carry credentials or a session, or that are marked private. */
     if (MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND,
                                     "Authorization") != NULL ||
         MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, "Cookie") != NULL)

@@ -36,6 +36,7 @@ struct gw_upstream {
     struct gw_upstream_call *submit_tail;
     struct gw_upstream_call *cancel_head;
     bool stopping;
+    _Atomic bool stop_requested; /* read on the request path without the lock */
     bool stopped; /* the loop has ended: submissions finish at once */
     bool joined;  /* gw_upstream_stop() has joined the thread */
 
@@ -757,10 +758,7 @@ gw_upstream_new(long max_idle_connections)
 bool
 gw_upstream_stopped(struct gw_upstream *up)
 {
-    pthread_mutex_lock(&up->lock);
-    bool stopped = up->stopping || up->stopped;
-    pthread_mutex_unlock(&up->lock);
-    return stopped;
+    return atomic_load_explicit(&up->stop_requested, memory_order_acquire);
 }
 
 void
@@ -768,6 +766,7 @@ gw_upstream_stop(struct gw_upstream *up)
 {
     if (up == NULL)
         return;
+    atomic_store_explicit(&up->stop_requested, true, memory_order_release);
     pthread_mutex_lock(&up->lock);
     bool joined = up->joined;
     up->stopping = true;
