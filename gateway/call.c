@@ -86,6 +86,9 @@ build_url(const struct request *r, const char *origin, const char *base)
 }
 
 static void on_attempt_done(struct gw_upstream_call *call);
+static bool may_stream(const struct gw_upstream_call *call);
+static void on_stream(struct gw_upstream_call *call);
+static void on_readable(struct gw_upstream_call *call);
 
 static int
 prepare_call(struct request *r, const char *version, bool *bad_request)
@@ -121,7 +124,11 @@ prepare_call(struct request *r, const char *version, bool *bad_request)
                                ? (size_t)cfg->limits.max_header_bytes
                                : UPSTREAM_HEAD_MIN;
     call->max_body_bytes = (size_t)cfg->limits.max_response_bytes;
+    call->buffer_bytes = (size_t)cfg->limits.response_buffer_bytes;
     call->done = on_attempt_done;
+    call->may_stream = may_stream;
+    call->on_stream = on_stream;
+    call->on_readable = on_readable;
     call->user = r;
     return 0;
 }
@@ -327,19 +334,72 @@ run_fallbacks(struct request *r)
 /* --- the promise step
  * ---------------------------------------------------------- */
 
-/* Ends the call: gives back the bulkhead slot, settles the promise. */
+/* Settles the promise with the result: the connection resumes and sends
+ * it. */
 static void
-call_finish(struct request *r)
+call_settle(struct request *r)
+{
+    if (r->result_fallback != NULL)
+        gw_metrics_fallback(request_metrics(r),
+                            (enum gw_fallback_reason)r->reason);
+    wk_settle(r->settle, WK_OK, (struct wk_value){0});
+}
+
+/* Ends the call's hold on the route and on the request. */
+static void
+call_release(struct request *r)
 {
     if (r->bulkhead_held) {
         r->bulkhead_held = false;
         wk_bulkhead_release(r->runtime->bulkhead);
     }
-    if (r->result_fallback != NULL)
-        gw_metrics_fallback(request_metrics(r),
-                            (enum gw_fallback_reason)r->reason);
-    wk_settle(r->settle, WK_OK, (struct wk_value){0});
     request_put(r); /* the call's reference */
+}
+
+/* Ends the call: settles the promise, gives back the bulkhead slot. */
+static void
+call_finish(struct request *r)
+{
+    call_settle(r);
+    call_release(r);
+}
+
+/*
+ * Decides whether a response whose body outgrew the buffer may stream to the
+ * client. A status under 500 is final under any retry policy or fallback,
+ * so it streams. A 5xx may still be retried or replaced by a fallback,
+ * so its body is read whole (bounded by max_response_bytes).
+ */
+static bool
+may_stream(const struct gw_upstream_call *call)
+{
+    return call->status >= 200 && call->status < 500;
+}
+
+/*
+ * Runs on the loop thread when the response starts to stream: the result is
+ * the upstream's response and the client gets its head now. The call keeps
+ * its reference, its bulkhead slot and its breaker permit until the transfer
+ * ends (on_attempt_done).
+ */
+static void
+on_stream(struct gw_upstream_call *call)
+{
+    struct request *r = call->user;
+
+    r->streaming = true;
+    r->result = RESULT_UPSTREAM;
+    call_settle(r);
+}
+
+/* Runs on the loop thread when a streamed body has more bytes for a
+ * reader that found none: the connection suspended in reply.c resumes. */
+static void
+on_readable(struct gw_upstream_call *call)
+{
+    struct request *r = call->user;
+
+    MHD_resume_connection(r->conn);
 }
 
 /* Decides after a final failure of the primary upstream: fallbacks, then
@@ -413,6 +473,18 @@ on_attempt_done(struct gw_upstream_call *call)
                        (unsigned long long)r->id);
     }
 
+    if (r->streaming) {
+        /* The client has the head and part of the body; a failure now can
+         * only cut the body short, which reply.c makes visible by closing
+         * the connection. */
+        if (r->breaker_held) {
+            r->breaker_held = false;
+            wk_breaker_after(r->runtime->breaker, &r->permit,
+                             attempt_error(call), latency, now);
+        }
+        call_release(r);
+        return;
+    }
     if (r->on_alternate) {
         /* A fallback upstream responded: use it unless it failed too. */
         if (call->outcome == GW_UP_OK && call->status < 500) {

@@ -369,9 +369,13 @@ parse_listen(struct validator *v, const cJSON *obj, const char *path,
 static int
 parse_limits(struct validator *v, const cJSON *root, struct gw_limits *out)
 {
-    static const char *const keys[] = {
-        "max_connections",    "max_header_bytes",  "max_body_bytes",
-        "max_response_bytes", "client_timeout_ms", NULL};
+    static const char *const keys[] = {"max_connections",
+                                       "max_header_bytes",
+                                       "max_body_bytes",
+                                       "max_response_bytes",
+                                       "client_timeout_ms",
+                                       "response_buffer_bytes",
+                                       NULL};
     const cJSON *obj = cJSON_GetObjectItemCaseSensitive(root, "limits");
     const cJSON empty = {.type = cJSON_Object};
 
@@ -389,7 +393,9 @@ parse_limits(struct validator *v, const cJSON *root, struct gw_limits *out)
         cfg_int(v, obj, "limits", "max_response_bytes", 1, 1073741824, 67108864,
                 "bytes", &out->max_response_bytes) != 0 ||
         cfg_int(v, obj, "limits", "client_timeout_ms", 1000, 3600000, 30000,
-                "milliseconds", &out->client_timeout_ms) != 0)
+                "milliseconds", &out->client_timeout_ms) != 0 ||
+        cfg_int(v, obj, "limits", "response_buffer_bytes", 4096, 67108864,
+                65536, "bytes", &out->response_buffer_bytes) != 0)
         return -1;
     return 0;
 }

@@ -31,11 +31,12 @@ struct gw_listen {
 };
 
 struct gw_limits {
-    long max_connections;    /* simultaneous client connections */
-    long max_header_bytes;   /* request line plus headers */
-    long max_body_bytes;     /* request body */
-    long max_response_bytes; /* upstream response body */
-    long client_timeout_ms;  /* idle client connection */
+    long max_connections;       /* simultaneous client connections */
+    long max_header_bytes;      /* request line plus headers */
+    long max_body_bytes;        /* request body */
+    long max_response_bytes;    /* upstream response body */
+    long response_buffer_bytes; /* read whole up to this; beyond, streamed */
+    long client_timeout_ms;     /* idle client connection */
 };
 
 /* The source of a rate limiter's key. */

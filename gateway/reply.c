@@ -236,23 +236,109 @@ remember_for_stale(struct request *r)
     gw_header_list_clear(&kept);
 }
 
+/* Suspends the connection of a request whose streamed body has no bytes
+ * ready; on_readable (call.c) resumes it. */
+static void
+suspend_for_body(void *arg)
+{
+    struct request *r = arg;
+
+    MHD_suspend_connection(r->conn);
+}
+
+/*
+ * The content reader of a streamed response. A body cut short by the
+ * upstream ends with an error, so libmicrohttpd closes the connection
+ * before the declared length or the last chunk: the client can tell the
+ * body is incomplete.
+ */
+static ssize_t
+read_stream(void *cls, uint64_t pos, char *buf, size_t max)
+{
+    struct request *r = cls;
+    size_t n;
+
+    (void)pos;
+    switch (gw_upstream_read_body(r->srv->upstream, &r->call, buf, max, &n,
+                                  suspend_for_body, r)) {
+    case GW_BODY_DATA:
+        return (ssize_t)n;
+    case GW_BODY_WAIT:
+        return 0; /* suspended: called again once resumed */
+    case GW_BODY_END:
+        return MHD_CONTENT_READER_END_OF_STREAM;
+    case GW_BODY_FAILED:
+        gw_log_warn("reply: the upstream body was cut short; closing the "
+                    "connection route=%s request_id=%llu",
+                    r->route->name, (unsigned long long)r->id);
+        break;
+    }
+    return MHD_CONTENT_READER_END_WITH_ERROR;
+}
+
+/* Runs when libmicrohttpd drops a streamed response: sent, or the client
+ * left. Stops the transfer if it still runs. */
+static void
+close_stream(void *cls)
+{
+    struct request *r = cls;
+
+    gw_upstream_close_body(r->srv->upstream, &r->call);
+    request_put(r); /* the response's reference */
+}
+
+/* Builds the response for a body that streams from the upstream. */
+static struct MHD_Response *
+stream_response(struct request *r)
+{
+    const struct gw_header_list *list = &r->call.response_headers;
+    unsigned long long length = 0;
+    bool declared = false;
+
+    for (size_t i = 0; i < list->count && !declared; i++) {
+        if (strcasecmp(list->items[i].name, "Content-Length") == 0)
+            declared = gw_parse_content_length(list->items[i].value, &length);
+    }
+    atomic_fetch_add_explicit(&r->refs, 1, memory_order_relaxed);
+    struct MHD_Response *response =
+        MHD_create_response_from_callback(declared ? length : MHD_SIZE_UNKNOWN,
+                                          16384, read_stream, r, close_stream);
+    if (response == NULL)
+        close_stream(r);
+    return response;
+}
+
+/* Builds the response for a body read whole; it takes the body. */
+static struct MHD_Response *
+whole_response(struct request *r)
+{
+    struct gw_upstream_call *call = &r->call;
+    struct MHD_Response *response;
+
+    if (is_bodiless(r, call->status))
+        return bodiless_response(call->status, &call->response_headers);
+    if (call->response_len == 0)
+        return MHD_create_response_from_buffer(0, (void *)"",
+                                               MHD_RESPMEM_PERSISTENT);
+    response = MHD_create_response_from_buffer_with_free_callback(
+        call->response_len, call->response_body, free);
+    if (response != NULL)
+        call->response_body = NULL; /* libmicrohttpd frees it now */
+    return response;
+}
+
 static enum MHD_Result
 reply_upstream(struct request *r)
 {
     struct gw_upstream_call *call = &r->call;
     struct MHD_Response *response;
 
-    remember_for_stale(r);
-    if (is_bodiless(r, call->status)) {
-        response = bodiless_response(call->status, &call->response_headers);
-    } else if (call->response_len > 0) {
-        response = MHD_create_response_from_buffer_with_free_callback(
-            call->response_len, call->response_body, free);
-        if (response != NULL)
-            call->response_body = NULL; /* libmicrohttpd frees it now */
+    if (r->streaming) {
+        /* Not kept for the stale fallback: the body is never whole here. */
+        response = stream_response(r);
     } else {
-        response = MHD_create_response_from_buffer(0, (void *)"",
-                                                   MHD_RESPMEM_PERSISTENT);
+        remember_for_stale(r);
+        response = whole_response(r);
     }
     if (response == NULL)
         return send_error(r, GW_KIND_INTERNAL, NULL, "out of memory");
@@ -323,6 +409,8 @@ reply_result(struct request *r)
 {
     if (r->err != WK_OK && r->result != RESULT_ERROR) {
         /* The promise ended without its step's result: it was closed. */
+        if (r->streaming)
+            gw_upstream_close_body(r->srv->upstream, &r->call);
         return send_error(r, GW_KIND_SHUTTING_DOWN, NULL,
                           "the gateway is shutting down");
     }

@@ -88,6 +88,10 @@ struct request {
     struct wk_bulkhead_waiter waiter;
     struct wk_timer retry_timer;
     bool on_alternate; /* the call in flight is a fallback upstream */
+    /* The response streams: the call settled once its body outgrew
+     * limits.response_buffer_bytes, and its transfer goes on (reply.c reads
+     * it with gw_upstream_read_body()). */
+    bool streaming;
 
     /* The outcome. */
     int err; /* the promise's result */

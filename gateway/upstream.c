@@ -8,6 +8,7 @@
 #include "upstream.h"
 
 #include <errno.h>
+#include <stddef.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdlib.h>
@@ -35,6 +36,7 @@ struct gw_upstream {
     struct gw_upstream_call *submit_head;
     struct gw_upstream_call *submit_tail;
     struct gw_upstream_call *cancel_head;
+    struct gw_upstream_call *unpause_head;
     bool stopping;
     _Atomic bool stop_requested; /* read on the request path without the lock */
     bool stopped; /* the loop has ended: submissions finish at once */
@@ -47,6 +49,30 @@ struct gw_upstream {
     CURL *easy_cache[EASY_CACHE_MAX];
     size_t easy_cached;
 };
+
+/*
+ * The body of a streaming call between the loop thread, which appends what
+ * curl delivers, and the reader, which takes it out: bytes [start,
+ * start + used) of data. When a piece does not fit, curl is paused until
+ * the reader has made room for it.
+ */
+struct gw_stream {
+    pthread_mutex_t lock;
+    char *data;
+    size_t capacity;
+    size_t start;
+    size_t used;
+    size_t pending;      /* while paused: the size of the piece curl kept */
+    bool paused;         /* on_body returned CURL_WRITEFUNC_PAUSE */
+    bool reader_waiting; /* the reader got GW_BODY_WAIT */
+    bool reader_gone;    /* gw_upstream_close_body() was called */
+    bool ended;          /* the transfer is over */
+    bool failed;         /* ... and it did not deliver the whole body */
+};
+
+/* The most libcurl hands to a write callback at once (CURL_MAX_WRITE_SIZE),
+ * so a stream always has room for one piece beyond buffer_bytes. */
+#define STREAM_PIECE 16384
 
 static const char *const outcome_names[] = {
     [GW_UP_OK] = "ok",
@@ -123,6 +149,12 @@ gw_upstream_call_reset(struct gw_upstream_call *call)
     call->response_body = NULL;
     call->response_len = 0;
     call->response_capacity = 0;
+    if (call->stream != NULL) {
+        pthread_mutex_destroy(&call->stream->lock);
+        free(call->stream->data);
+        free(call->stream);
+        call->stream = NULL;
+    }
 }
 
 /* --- curl callbacks (loop thread) --------------------------------------- */
@@ -156,6 +188,10 @@ on_header(char *data, size_t size, size_t count, void *arg)
     size_t len = size * count;
     size_t total = len;
 
+    /* Trailer fields of a streamed body arrive here too: the head has been
+     * handed to the reader already, so they are dropped. */
+    if (call->stream != NULL)
+        return total;
     call->head_bytes += len;
     if (call->head_bytes > call->max_head_bytes) {
         call->over_limit = true;
@@ -218,31 +254,142 @@ on_header(char *data, size_t size, size_t count, void *arg)
     return total;
 }
 
+/*
+ * Appends a piece of a streamed body. Returns len, CURL_WRITEFUNC_PAUSE when
+ * it does not fit yet (curl hands the same piece again once unpaused), or 0
+ * to abort the transfer.
+ */
+static size_t
+stream_write(struct gw_upstream_call *call, const char *data, size_t len)
+{
+    struct gw_stream *s = call->stream;
+
+    if (call->streamed + len > call->max_body_bytes) {
+        call->over_limit = true;
+        return 0;
+    }
+    pthread_mutex_lock(&s->lock);
+    if (s->reader_gone) {
+        pthread_mutex_unlock(&s->lock);
+        call->reader_left = true;
+        return 0;
+    }
+    if (s->capacity - s->start - s->used < len && s->start > 0) {
+        memmove(s->data, s->data + s->start, s->used);
+        s->start = 0;
+    }
+    if (len > s->capacity) {
+        /* Only a piece larger than the whole buffer: room for it alone. */
+        char *grown = realloc(s->data, len);
+        if (grown == NULL) {
+            pthread_mutex_unlock(&s->lock);
+            return 0;
+        }
+        s->data = grown;
+        s->capacity = len;
+    }
+    if (s->capacity - s->start - s->used < len) {
+        s->paused = true;
+        s->pending = len;
+        pthread_mutex_unlock(&s->lock);
+        return CURL_WRITEFUNC_PAUSE;
+    }
+    memcpy(s->data + s->start + s->used, data, len);
+    s->used += len;
+    bool wake = s->reader_waiting;
+    s->reader_waiting = false;
+    pthread_mutex_unlock(&s->lock);
+    call->streamed += len;
+    if (wake)
+        call->on_readable(call);
+    return len;
+}
+
+/* Turns the call into a stream holding the body read so far. */
+static int
+stream_begin(struct gw_upstream_call *call)
+{
+    struct gw_stream *s = calloc(1, sizeof(*s));
+    size_t capacity = call->buffer_bytes > call->response_len
+                          ? call->buffer_bytes
+                          : call->response_len;
+
+    if (s == NULL)
+        return -1;
+    capacity += STREAM_PIECE;
+    s->data = realloc(call->response_body, capacity);
+    if (s->data == NULL) {
+        free(s);
+        return -1;
+    }
+    pthread_mutex_init(&s->lock, NULL);
+    s->capacity = capacity;
+    s->used = call->response_len;
+    call->streamed = call->response_len;
+    call->response_body = NULL; /* now s->data */
+    call->response_len = 0;
+    call->response_capacity = 0;
+    call->stream = s;
+    return 0;
+}
+
+/* Grows the whole-body buffer to hold need bytes and a NUL. */
+static int
+body_reserve(struct gw_upstream_call *call, size_t need)
+{
+    if (need + 1 <= call->response_capacity)
+        return 0;
+    /* A declared length sizes the buffer once (up to where the body may
+     * turn into a stream); otherwise it doubles. */
+    unsigned long long declared = strtoull(call->content_length, NULL, 10);
+    size_t cap = call->response_capacity ? call->response_capacity : 4096;
+    if (call->response_capacity == 0 && declared > 0) {
+        size_t first = call->may_stream != NULL && !call->stream_refused &&
+                               declared > call->buffer_bytes
+                           ? call->buffer_bytes
+                           : (size_t)declared;
+        cap = first + 1;
+    }
+    while (cap < need + 1)
+        cap *= 2;
+    char *body = realloc(call->response_body, cap);
+    if (body == NULL)
+        return -1;
+    call->response_body = body;
+    call->response_capacity = cap;
+    return 0;
+}
+
 static size_t
 on_body(char *data, size_t size, size_t count, void *arg)
 {
     struct gw_upstream_call *call = arg;
     size_t len = size * count;
 
+    if (call->stream != NULL)
+        return stream_write(call, data, len);
+    if (call->response_len == 0 && call->content_length[0] != '\0' &&
+        strtoull(call->content_length, NULL, 10) > call->max_body_bytes) {
+        call->over_limit = true; /* declared too large: stop before reading */
+        return 0;
+    }
     if (call->response_len + len > call->max_body_bytes) {
         call->over_limit = true;
         return 0;
     }
-    if (call->response_len + len + 1 > call->response_capacity) {
-        /* A declared length sizes the buffer once; otherwise it doubles. */
-        unsigned long long declared = strtoull(call->content_length, NULL, 10);
-        size_t cap = call->response_capacity ? call->response_capacity : 4096;
-        if (call->response_capacity == 0 && declared > 0 &&
-            declared <= call->max_body_bytes)
-            cap = (size_t)declared + 1;
-        while (cap < call->response_len + len + 1)
-            cap *= 2;
-        char *body = realloc(call->response_body, cap);
-        if (body == NULL)
-            return 0;
-        call->response_body = body;
-        call->response_capacity = cap;
+    if (call->response_len + len > call->buffer_bytes &&
+        call->may_stream != NULL && !call->stream_refused) {
+        curl_easy_getinfo(call->easy, CURLINFO_RESPONSE_CODE, &call->status);
+        if (call->may_stream(call)) {
+            if (stream_begin(call) != 0)
+                return 0;
+            call->on_stream(call);
+            return stream_write(call, data, len);
+        }
+        call->stream_refused = true;
     }
+    if (body_reserve(call, call->response_len + len) != 0)
+        return 0;
     memcpy(call->response_body + call->response_len, data, len);
     call->response_len += len;
     return len;
@@ -312,19 +459,37 @@ easy_put(struct gw_upstream *up, CURL *easy)
         curl_easy_cleanup(easy);
 }
 
-/* Removes call from the cancel queue; the caller holds up->lock. */
+/* Removes call from the queue at *head linked through the field at
+ * offset next_at; the caller holds up->lock. */
 static void
-unqueue_cancel_locked(struct gw_upstream *up, struct gw_upstream_call *call)
+unqueue_locked(struct gw_upstream_call **head, struct gw_upstream_call *call,
+               size_t next_at)
 {
-    for (struct gw_upstream_call **p = &up->cancel_head; *p != NULL;
-         p = &(*p)->cancel_next) {
+#define NEXT(c) (*(struct gw_upstream_call **)((char *)(c) + next_at))
+    for (struct gw_upstream_call **p = head; *p != NULL; p = &NEXT(*p)) {
         if (*p == call) {
-            *p = call->cancel_next;
+            *p = NEXT(call);
             break;
         }
     }
-    call->cancel_queued = false;
-    call->cancel_next = NULL;
+    NEXT(call) = NULL;
+#undef NEXT
+}
+
+/* Marks the stream of a call that has ended, and wakes a waiting reader. */
+static void
+stream_end(struct gw_upstream_call *call, enum gw_upstream_outcome outcome)
+{
+    struct gw_stream *s = call->stream;
+
+    pthread_mutex_lock(&s->lock);
+    s->ended = true;
+    s->failed = outcome != GW_UP_OK;
+    bool wake = s->reader_waiting;
+    s->reader_waiting = false;
+    pthread_mutex_unlock(&s->lock);
+    if (wake)
+        call->on_readable(call);
 }
 
 /* Ends call with outcome and runs its done callback. */
@@ -341,7 +506,11 @@ finish(struct gw_upstream *up, struct gw_upstream_call *call,
             call->active_next->active_prev = call->active_prev;
         call->active_prev = call->active_next = NULL;
         curl_multi_remove_handle(up->multi, call->easy);
-        easy_put(up, call->easy);
+        /* A stream's handle may have been left paused: not reused. */
+        if (call->stream != NULL)
+            curl_easy_cleanup(call->easy);
+        else
+            easy_put(up, call->easy);
         call->easy = NULL;
     }
     call->outcome = outcome;
@@ -354,8 +523,15 @@ finish(struct gw_upstream *up, struct gw_upstream_call *call,
     pthread_mutex_lock(&up->lock);
     call->finished = true;
     if (call->cancel_queued)
-        unqueue_cancel_locked(up, call);
+        unqueue_locked(&up->cancel_head, call,
+                       offsetof(struct gw_upstream_call, cancel_next));
+    if (call->unpause_queued)
+        unqueue_locked(&up->unpause_head, call,
+                       offsetof(struct gw_upstream_call, unpause_next));
+    call->cancel_queued = call->unpause_queued = false;
     pthread_mutex_unlock(&up->lock);
+    if (call->stream != NULL)
+        stream_end(call, outcome);
     call->done(call);
 }
 
@@ -376,6 +552,8 @@ classify(const struct gw_upstream_call *call, CURLcode code)
         return call->status > 0 || call->head_bytes > 0 ? GW_UP_TOO_LARGE
                                                         : GW_UP_PROTOCOL;
     case CURLE_WRITE_ERROR:
+        if (call->reader_left)
+            return GW_UP_CANCELLED;
         if (call->invalid_head)
             return GW_UP_PROTOCOL;
         return call->over_limit ? GW_UP_TOO_LARGE : GW_UP_NOMEM;
@@ -426,6 +604,9 @@ start(struct gw_upstream *up, struct gw_upstream_call *call)
     call->head_bytes = 0;
     call->over_limit = false;
     call->invalid_head = false;
+    call->stream_refused = false;
+    call->reader_left = false;
+    call->streamed = 0;
     call->content_length[0] = '\0';
     call->finished = false;
     call->error[0] = '\0';
@@ -486,8 +667,11 @@ collect_finished(struct gw_upstream *up)
             continue;
         curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE, (char **)&call);
         CURLcode code = msg->data.result;
-        curl_easy_getinfo(msg->easy_handle, CURLINFO_RESPONSE_CODE,
-                          &call->status);
+        /* A stream's status was set before its reader started; the reader
+         * may be reading it now. */
+        if (call->stream == NULL)
+            curl_easy_getinfo(msg->easy_handle, CURLINFO_RESPONSE_CODE,
+                              &call->status);
         if (code != CURLE_OK && call->error[0] == '\0')
             snprintf(call->error, sizeof(call->error), "%s",
                      curl_easy_strerror(code));
@@ -515,6 +699,10 @@ drain_queues(struct gw_upstream *up)
     up->cancel_head = NULL;
     for (struct gw_upstream_call *c = cancelled; c != NULL; c = c->cancel_next)
         c->cancel_queued = false;
+    struct gw_upstream_call *unpaused = up->unpause_head;
+    up->unpause_head = NULL;
+    for (struct gw_upstream_call *c = unpaused; c != NULL; c = c->unpause_next)
+        c->unpause_queued = false;
     bool stopping = up->stopping;
     pthread_mutex_unlock(&up->lock);
 
@@ -532,6 +720,15 @@ drain_queues(struct gw_upstream *up)
         if (!cancelled->finished)
             finish(up, cancelled, GW_UP_CANCELLED);
         cancelled = next;
+    }
+    /* Same for a call in this list: finish() takes it out first. The
+     * write callback may run inside curl_easy_pause() and pause again. */
+    while (unpaused != NULL) {
+        struct gw_upstream_call *next = unpaused->unpause_next;
+        unpaused->unpause_next = NULL;
+        if (!unpaused->finished && unpaused->easy != NULL)
+            curl_easy_pause(unpaused->easy, CURLPAUSE_CONT);
+        unpaused = next;
     }
     return stopping;
 }
@@ -699,6 +896,73 @@ gw_upstream_cancel(struct gw_upstream *up, struct gw_upstream_call *call)
     }
     pthread_mutex_unlock(&up->lock);
     wake(up);
+}
+
+/* Asks the loop to unpause a stream's transfer. */
+static void
+unpause(struct gw_upstream *up, struct gw_upstream_call *call)
+{
+    pthread_mutex_lock(&up->lock);
+    bool queue = !call->finished && !call->unpause_queued;
+    if (queue) {
+        call->unpause_queued = true;
+        call->unpause_next = up->unpause_head;
+        up->unpause_head = call;
+    }
+    pthread_mutex_unlock(&up->lock);
+    if (queue)
+        wake(up);
+}
+
+enum gw_body_read
+gw_upstream_read_body(struct gw_upstream *up, struct gw_upstream_call *call,
+                      char *buf, size_t max, size_t *n, void (*wait)(void *arg),
+                      void *wait_arg)
+{
+    struct gw_stream *s = call->stream;
+    enum gw_body_read result;
+
+    *n = 0;
+    pthread_mutex_lock(&s->lock);
+    if (s->used > 0) {
+        size_t take = s->used < max ? s->used : max;
+        memcpy(buf, s->data + s->start, take);
+        s->start += take;
+        s->used -= take;
+        if (s->used == 0)
+            s->start = 0;
+        bool resume = s->paused && s->capacity - s->used >= s->pending;
+        if (resume)
+            s->paused = false;
+        pthread_mutex_unlock(&s->lock);
+        if (resume)
+            unpause(up, call);
+        *n = take;
+        return GW_BODY_DATA;
+    }
+    if (s->ended) {
+        result = s->failed ? GW_BODY_FAILED : GW_BODY_END;
+    } else {
+        result = GW_BODY_WAIT;
+        s->reader_waiting = true;
+        wait(wait_arg);
+    }
+    pthread_mutex_unlock(&s->lock);
+    return result;
+}
+
+void
+gw_upstream_close_body(struct gw_upstream *up, struct gw_upstream_call *call)
+{
+    struct gw_stream *s = call->stream;
+
+    pthread_mutex_lock(&s->lock);
+    s->reader_gone = true;
+    s->reader_waiting = false;
+    bool ended = s->ended;
+    pthread_mutex_unlock(&s->lock);
+    if (!ended)
+        gw_upstream_cancel(up, call);
 }
 
 static void

@@ -53,6 +53,15 @@ enum gw_upstream_outcome {
 const char *gw_upstream_outcome_name(enum gw_upstream_outcome outcome);
 
 struct gw_upstream;
+struct gw_stream;
+
+/* The result of gw_upstream_read_body(). */
+enum gw_body_read {
+    GW_BODY_DATA,   /* bytes were copied */
+    GW_BODY_WAIT,   /* none yet: on_readable runs when some arrive */
+    GW_BODY_END,    /* the whole body has been read */
+    GW_BODY_FAILED, /* the transfer failed after the head: the body is cut */
+};
 
 struct gw_upstream_call {
     /* Request: set by the caller before submitting. */
@@ -68,6 +77,22 @@ struct gw_upstream_call {
     size_t max_body_bytes;
     void (*done)(struct gw_upstream_call *call); /* runs on the loop thread */
     void *user;
+
+    /*
+     * Streaming, optional (NULL may_stream: the body is always read whole).
+     * A body up to buffer_bytes is read whole before done() runs. When it
+     * grows past that, may_stream() decides (call->status is set): false
+     * reads it whole up to max_body_bytes; true makes the call a stream and
+     * runs on_stream(). From then on the caller reads the body with
+     * gw_upstream_read_body() while it arrives, at most about buffer_bytes
+     * are held, and done() runs when the transfer ends. on_readable() runs
+     * when a reader that got GW_BODY_WAIT can read again. All three run on
+     * the loop thread; on_readable() runs without the stream's lock.
+     */
+    size_t buffer_bytes;
+    bool (*may_stream)(const struct gw_upstream_call *call);
+    void (*on_stream)(struct gw_upstream_call *call);
+    void (*on_readable)(struct gw_upstream_call *call);
 
     /* Result: valid in done(). */
     enum gw_upstream_outcome outcome;
@@ -85,7 +110,13 @@ struct gw_upstream_call {
     struct gw_upstream_call *cancel_next;
     struct gw_upstream_call *active_prev;
     struct gw_upstream_call *active_next;
+    struct gw_upstream_call *unpause_next;
+    struct gw_stream *stream; /* set once the call streams; freed at reset */
+    size_t streamed;          /* body bytes taken into the stream */
+    bool stream_refused;      /* may_stream() said no */
+    bool reader_left;         /* the reader closed the stream early */
     bool cancel_queued;
+    bool unpause_queued;
     bool finished;
     bool over_limit;
     bool invalid_head;       /* a field the gateway cannot forward safely */
@@ -130,6 +161,25 @@ void gw_upstream_destroy(struct gw_upstream **up);
  * loop thread. Timers still pending when the loop stops never run.
  */
 struct wk_timer_queue *gw_upstream_timers(struct gw_upstream *up);
+
+/*
+ * Reads the body of a streaming call: copies up to max bytes into buf and
+ * sets *n. When no byte is there yet it calls wait(wait_arg) under the
+ * stream's lock (so on_readable cannot run before wait has returned) and
+ * returns GW_BODY_WAIT. Call from one reader thread at a time.
+ */
+enum gw_body_read gw_upstream_read_body(struct gw_upstream *up,
+                                        struct gw_upstream_call *call,
+                                        char *buf, size_t max, size_t *n,
+                                        void (*wait)(void *arg),
+                                        void *wait_arg);
+
+/*
+ * Ends the reading of a streaming call: a transfer still running is
+ * cancelled, and on_readable never runs again. Call once, from the reader.
+ */
+void gw_upstream_close_body(struct gw_upstream *up,
+                            struct gw_upstream_call *call);
 
 /* Frees what the call owns (url, headers, response) and clears it. */
 void gw_upstream_call_reset(struct gw_upstream_call *call);

@@ -208,13 +208,26 @@ proxy_chunked_upstream_body(void **state)
     struct h_response resp;
 
     (void)state;
+    /* Within limits.response_buffer_bytes the body is read whole, so the
+     * client gets it with a Content-Length. */
+    assert_int_equal(h_get(&resp, "http://127.0.0.1:%d/api/c?chunked=1"
+                                  "&body_size=30000",
+                           gateway.port),
+                     0);
+    assert_int_equal(resp.status, 200);
+    assert_int_equal(resp.body_len, 30000);
+    assert_string_equal(h_header(&resp, "Content-Length", 0), "30000");
+    h_response_free(&resp);
+
+    /* Beyond it the body streams, and stays chunked. */
     assert_int_equal(h_get(&resp, "http://127.0.0.1:%d/api/c?chunked=1"
                                   "&body_size=100000",
                            gateway.port),
                      0);
     assert_int_equal(resp.status, 200);
     assert_int_equal(resp.body_len, 100000);
-    assert_string_equal(h_header(&resp, "Content-Length", 0), "100000");
+    assert_null(h_header(&resp, "Content-Length", 0));
+    assert_string_equal(h_header(&resp, "Transfer-Encoding", 0), "chunked");
     h_response_free(&resp);
 }
 

@@ -141,6 +141,10 @@ static const struct bad_case bad_cases[] = {
      "{\"limits\":{\"max_header_bytes\":10},\"routes\":[" ROUTE("") "]}",
      "limits.max_header_bytes: 10 is out of range; allowed 1024 to 1048576 "
      "(bytes)"},
+    {"response buffer too small",
+     "{\"limits\":{\"response_buffer_bytes\":100},\"routes\":[" ROUTE("") "]}",
+     "limits.response_buffer_bytes: 100 is out of range; allowed 4096 to "
+     "67108864 (bytes)"},
     {"unknown limit",
      "{\"limits\":{\"max_headers\":10},\"routes\":[" ROUTE("") "]}",
      "limits.max_headers: unknown key"},
@@ -159,7 +163,8 @@ static const struct bad_case bad_cases[] = {
      "takes every method"},
     {"rate limit of zero",
      "{\"routes\":[" ROUTE(",\"rate_limit\":{\"rate\":0}") "]}",
-     "routes[0].rate_limit.rate: 0 is out of range; allowed 0.001 to 1000000 (requests per second)"},
+     "routes[0].rate_limit.rate: 0 is out of range; allowed 0.001 to 1000000 "
+     "(requests per second)"},
     {"unknown limiter key",
      "{\"routes\":[" ROUTE(",\"rate_limit\":{\"key\":\"cookie\"}") "]}",
      "routes[0].rate_limit.key: \"cookie\" is not a limiter key"},
@@ -291,7 +296,8 @@ config_loads_every_key(void **state)
         "{\"listen\":\"[::1]:8081\",\"admin\":{\"listen\":\"127.0.0.1:0\"},"
         "\"limits\":{\"max_connections\":5,\"max_header_bytes\":2048,"
         "\"max_body_bytes\":0,\"max_response_bytes\":100,"
-        "\"client_timeout_ms\":1500},\"drain_timeout_ms\":0,"
+        "\"response_buffer_bytes\":8192,\"client_timeout_ms\":1500},"
+        "\"drain_timeout_ms\":0,"
         "\"routes\":[{\"name\":\"a.b-c_d\",\"match\":{\"prefix\":\"/x/\","
         "\"methods\":[\"GET\",\"POST\"]},\"upstream\":{\"url\":"
         "\"https://example.test:8443/base/\",\"strip_prefix\":true,"
@@ -308,6 +314,7 @@ config_loads_every_key(void **state)
     assert_int_equal(c->limits.max_connections, 5);
     assert_int_equal(c->limits.max_body_bytes, 0);
     assert_int_equal(c->limits.max_response_bytes, 100);
+    assert_int_equal(c->limits.response_buffer_bytes, 8192);
     assert_int_equal(c->limits.client_timeout_ms, 1500);
     assert_int_equal(c->drain_timeout_ms, 0);
     assert_int_equal(c->routes[0].method_count, 2);

@@ -1,0 +1,206 @@
+/*
+ * Streamed responses: a body larger than limits.response_buffer_bytes
+ * flows to the client while it arrives, byte for byte, with either framing.
+ * A body the upstream cuts short reaches the client visibly incomplete, a
+ * client that leaves stops the upstream transfer, and a 5xx is still read
+ * whole so that it can be retried.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <curl/curl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "harness.h"
+
+static struct h_proc upstream;
+static struct h_proc gateway;
+
+#define MAX_RESPONSE 4000000
+
+static int
+setup(void **state)
+{
+    (void)state;
+    if (h_upstream_start(&upstream) != 0)
+        return -1;
+    char *config = h_format(
+        "{\"listen\":\"127.0.0.1:0\",\"admin\":{\"listen\":\"127.0.0.1:0\"},"
+        "\"limits\":{\"max_response_bytes\":%d,"
+        "\"response_buffer_bytes\":4096},"
+        "\"routes\":["
+        "{\"name\":\"s\",\"match\":{\"prefix\":\"/s\"},"
+        "\"upstream\":{\"url\":\"http://127.0.0.1:%d\",\"timeout_ms\":8000}},"
+        "{\"name\":\"r\",\"match\":{\"prefix\":\"/r\"},"
+        "\"upstream\":{\"url\":\"http://127.0.0.1:%d\",\"timeout_ms\":8000},"
+        "\"retry\":{\"attempts\":3,\"on\":[\"5xx\"],\"backoff_ms\":1,"
+        "\"max_backoff_ms\":2,\"budget_percent\":100}}"
+        "]}",
+        MAX_RESPONSE, upstream.port, upstream.port);
+    int rc = config != NULL ? h_gateway_start(&gateway, config) : -1;
+    free(config);
+    return rc;
+}
+
+static int
+teardown(void **state)
+{
+    (void)state;
+    h_gateway_stop_checked(&gateway);
+    h_upstream_stop_checked(&upstream);
+    return 0;
+}
+
+/* The test upstream's body_size= bodies repeat the alphabet. */
+static void
+assert_pattern(const struct h_response *resp, size_t size)
+{
+    assert_int_equal(resp->body_len, size);
+    for (size_t i = 0; i < size; i++) {
+        if (resp->body[i] != (char)('a' + i % 26))
+            fail_msg("body byte %zu is 0x%02x", i,
+                     (unsigned char)resp->body[i]);
+    }
+}
+
+static void
+large_bodies_stream_intact(void **state)
+{
+    static const char *const framings[] = {"", "&chunked=1"};
+    struct h_response resp;
+
+    (void)state;
+    for (size_t i = 0; i < 2; i++) {
+        assert_int_equal(h_get(&resp,
+                               "http://127.0.0.1:%d/s/big?body_size=3000000%s",
+                               gateway.port, framings[i]),
+                         0);
+        assert_int_equal(resp.curl_code, CURLE_OK);
+        assert_int_equal(resp.status, 200);
+        assert_pattern(&resp, 3000000);
+        h_response_free(&resp);
+    }
+}
+
+static void
+cut_body_is_visibly_incomplete(void **state)
+{
+    static const char *const cases[] = {
+        "action=close_mid_body&body_size=1000000",
+        "action=close_mid_body&body_size=1000000&chunked=1",
+        /* Over max_response_bytes after the head has gone out. */
+        "body_size=5000000&chunked=1",
+    };
+    struct h_response resp;
+
+    (void)state;
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        /* The head went out before the failure: 200, then a body that
+         * ends before its declared length or its last chunk. */
+        if (h_get(&resp, "http://127.0.0.1:%d/s/cut?%s", gateway.port,
+                  cases[i]) == 0 ||
+            resp.curl_code == CURLE_OK)
+            fail_msg("case %s: a cut body arrived as complete (%zu bytes)",
+                     cases[i], resp.body_len);
+        assert_int_equal(resp.status, 200);
+        h_response_free(&resp);
+    }
+    /* The gateway goes on serving. */
+    assert_int_equal(h_get(&resp,
+                           "http://127.0.0.1:%d/s/after?body_size=100000",
+                           gateway.port),
+                     0);
+    assert_int_equal(resp.status, 200);
+    assert_pattern(&resp, 100000);
+    h_response_free(&resp);
+}
+
+/* Reads the counter of series from the admin /metrics page, or -1. */
+static long
+metric(const char *series)
+{
+    struct h_response resp;
+    long value = -1;
+
+    if (h_get(&resp, "http://127.0.0.1:%d/metrics", gateway.admin_port) != 0)
+        return -1;
+    const char *line = strstr(resp.body, series);
+    if (line != NULL)
+        value = strtol(line + strlen(series), NULL, 10);
+    h_response_free(&resp);
+    return value;
+}
+
+static bool
+transfer_cancelled(void *arg)
+{
+    long before = *(long *)arg;
+
+    return metric("workshop_upstream_attempts_total{route=\"s\","
+                  "outcome=\"cancelled\"} ") > before &&
+           metric("workshop_in_flight_requests ") == 0;
+}
+
+static void
+client_leaving_stops_the_transfer(void **state)
+{
+    char head[512];
+    char buf[65536];
+
+    (void)state;
+    long before = metric("workshop_upstream_attempts_total{route=\"s\","
+                         "outcome=\"cancelled\"} ");
+    if (before < 0)
+        before = 0;
+    /* Far more than the buffers between the upstream and the client hold,
+     * so the transfer is still running when the client leaves. */
+    int fd = h_connect(gateway.port);
+    assert_true(fd >= 0);
+    int len = snprintf(head, sizeof(head),
+                       "GET /s/leave?body_size=%d HTTP/1.1\r\n"
+                       "Host: 127.0.0.1\r\n\r\n",
+                       MAX_RESPONSE - 1);
+    assert_int_equal(h_send_all(fd, head, (size_t)len), 0);
+    assert_true(h_recv(fd, buf, sizeof(buf), "\r\n\r\n", 5000) > 0);
+    assert_non_null(strstr(buf, "HTTP/1.1 200"));
+    close(fd);
+
+    assert_true(h_wait_until(transfer_cancelled, &before, 10000));
+}
+
+static void
+server_error_is_read_whole_and_retried(void **state)
+{
+    struct h_response resp;
+
+    (void)state;
+    long before = h_upstream_requests(&upstream);
+    assert_int_equal(
+        h_get(&resp, "http://127.0.0.1:%d/r/x?status=503&body_size=200000",
+              gateway.port),
+        0);
+    /* Each attempt's body was over response_buffer_bytes, and each was
+     * retried: a streamed 503 could not have been. */
+    assert_int_equal(h_upstream_requests(&upstream) - before, 3);
+    assert_int_equal(resp.status, 503);
+    assert_pattern(&resp, 200000);
+    h_response_free(&resp);
+}
+
+int
+main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(large_bodies_stream_intact),
+        cmocka_unit_test(cut_body_is_visibly_incomplete),
+        cmocka_unit_test(client_leaving_stops_the_transfer),
+        cmocka_unit_test(server_error_is_read_whole_and_retried),
+    };
+    return cmocka_run_group_tests(tests, setup, teardown);
+}
