@@ -11,6 +11,7 @@
  * and reports its outcome when it ends. The limiter and the bulkhead see the
  * request once.
  */
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -474,9 +475,9 @@ on_attempt_done(struct gw_upstream_call *call)
     }
 
     if (r->streaming) {
-        /* The client has the head and part of the body; a failure now can
-         * only cut the body short, which reply.c makes visible by closing
-         * the connection. */
+        /* The client has the head and part of the body, so a failure now
+         * can only cut the body short. reply.c then closes the connection,
+         * which shows the client the body is incomplete. */
         if (r->breaker_held) {
             r->breaker_held = false;
             wk_breaker_after(r->runtime->breaker, &r->permit,
@@ -552,18 +553,52 @@ attempt_submit(struct request *r)
     gw_upstream_submit(r->srv->upstream, call);
 }
 
-/*
- * Runs when a queued request gets a bulkhead slot, or gives up waiting.
- *
- * NOTE: libmicrohttpd reports no close on a suspended connection, so a
- * client that hangs up while queued keeps its place until max_wait_ms ends
- * or a slot reaches it, and its call still runs.
- */
+/* Runs on the loop thread when a client waiting for a bulkhead slot hangs
+ * up: its place in the queue goes to the next one. */
+static void
+on_client_hangup(struct gw_hangup_watch *watch)
+{
+    struct request *r =
+        (struct request *)((char *)watch - offsetof(struct request, hangup));
+
+    atomic_store(&r->client_left, true);
+    wk_bulkhead_cancel_wait(r->runtime->bulkhead, &r->waiter);
+}
+
+static void
+release_watch(struct gw_hangup_watch *watch)
+{
+    request_put(
+        (struct request *)((char *)watch - offsetof(struct request, hangup)));
+}
+
+/* Starts watching the client of a request about to wait for a bulkhead
+ * slot. Without a watch the request still waits, only blind to a hang-up. */
+static void
+watch_client(struct request *r)
+{
+    const union MHD_ConnectionInfo *info =
+        MHD_get_connection_info(r->conn, MHD_CONNECTION_INFO_CONNECTION_FD);
+
+    if (info == NULL)
+        return;
+    r->hangup.fd = info->connect_fd;
+    r->hangup.on_hangup = on_client_hangup;
+    r->hangup.on_release = release_watch;
+    atomic_fetch_add_explicit(&r->refs, 1, memory_order_relaxed);
+    if (gw_upstream_watch(r->srv->upstream, &r->hangup) != 0)
+        atomic_fetch_sub_explicit(&r->refs, 1, memory_order_relaxed);
+}
+
+/* Runs when a queued request gets a bulkhead slot, or stops waiting. */
 static void
 on_bulkhead_admit(void *arg, int err)
 {
     struct request *r = arg;
 
+    /* Before the connection can resume: libmicrohttpd may close the
+     * socket after that. */
+    gw_upstream_unwatch(r->srv->upstream, &r->hangup);
     if (err == WK_OK) {
         r->bulkhead_held = true;
         attempt_submit(r);
@@ -575,13 +610,21 @@ on_bulkhead_admit(void *arg, int err)
                          wk_clock_now(NULL));
     }
     r->result = RESULT_ERROR;
-    r->reason = err == WK_ERR_CANCELLED ? 0 : GW_REASON_BULKHEAD_FULL;
-    r->error_kind =
-        err == WK_ERR_CANCELLED ? GW_KIND_SHUTTING_DOWN : GW_KIND_BULKHEAD_FULL;
-    snprintf(r->error_message, sizeof(r->error_message), "%s",
-             err == WK_ERR_CANCELLED
-                 ? "the gateway is shutting down"
-                 : "no bulkhead slot freed within max_wait_ms");
+    if (err != WK_ERR_CANCELLED) {
+        r->reason = GW_REASON_BULKHEAD_FULL;
+        r->error_kind = GW_KIND_BULKHEAD_FULL;
+        snprintf(r->error_message, sizeof(r->error_message),
+                 "no bulkhead slot freed within max_wait_ms");
+    } else if (atomic_load(&r->client_left)) {
+        r->error_kind = GW_KIND_CLIENT_CLOSED;
+        snprintf(r->error_message, sizeof(r->error_message),
+                 "the client closed the connection while waiting for a "
+                 "bulkhead slot");
+    } else {
+        r->error_kind = GW_KIND_SHUTTING_DOWN;
+        snprintf(r->error_message, sizeof(r->error_message),
+                 "the gateway is shutting down");
+    }
     if (r->reason == 0 || run_fallbacks(r))
         call_finish(r);
 }
@@ -659,11 +702,16 @@ go_async(struct request *r, enum call_start_kind kind, wk_time now)
         break;
     case START_BULKHEAD: {
         bool queued = false;
+        watch_client(r);
         int err =
             wk_bulkhead_acquire_async(r->runtime->bulkhead, &r->waiter,
                                       gw_upstream_timers(r->srv->upstream), now,
                                       on_bulkhead_admit, r, &queued);
-        if (err == WK_OK && !queued)
+        /* A hang-up seen before the waiter was queued could not cancel
+         * it: cancel it now. */
+        if (err == WK_OK && queued && atomic_load(&r->client_left))
+            wk_bulkhead_cancel_wait(r->runtime->bulkhead, &r->waiter);
+        else if (err == WK_OK && !queued)
             on_bulkhead_admit(r, WK_OK);
         else if (err != WK_OK)
             on_bulkhead_admit(r,

@@ -26,6 +26,9 @@ static const struct {
     [GW_KIND_TIMEOUT] = {"timeout", 504},
     [GW_KIND_UPSTREAM_ERROR] = {"upstream_error", 502},
     [GW_KIND_SHUTTING_DOWN] = {"shutting_down", 503},
+    /* The client left before the response: logged and counted only. 499
+     * is the code nginx uses for this. */
+    [GW_KIND_CLIENT_CLOSED] = {"client_closed", 499},
     [GW_KIND_INTERNAL] = {"internal", 500},
 };
 

@@ -86,6 +86,10 @@ struct request {
     bool bulkhead_held; /* a slot owes wk_bulkhead_release() */
     struct wk_breaker_permit permit;
     struct wk_bulkhead_waiter waiter;
+    /* Watches the client while it waits for a bulkhead slot; holds a
+     * reference to the request until released. */
+    struct gw_hangup_watch hangup;
+    _Atomic bool client_left; /* the watch saw the client hang up */
     struct wk_timer retry_timer;
     bool on_alternate; /* the call in flight is a fallback upstream */
     /* The response streams: the call settled once its body outgrew

@@ -37,6 +37,7 @@ struct gw_upstream {
     struct gw_upstream_call *submit_tail;
     struct gw_upstream_call *cancel_head;
     struct gw_upstream_call *unpause_head;
+    struct gw_hangup_watch *release_head; /* unwatched, to release */
     bool stopping;
     _Atomic bool stop_requested; /* read on the request path without the lock */
     bool stopped; /* the loop has ended: submissions finish at once */
@@ -70,9 +71,13 @@ struct gw_stream {
     bool failed;         /* ... and it did not deliver the whole body */
 };
 
-/* The most libcurl hands to a write callback at once (CURL_MAX_WRITE_SIZE),
+/* The maximum libcurl hands to a write callback at once (CURL_MAX_WRITE_SIZE),
  * so a stream always has room for one piece beyond buffer_bytes. */
 #define STREAM_PIECE 16384
+
+/* Marks an epoll registration whose data is a struct gw_hangup_watch
+ * rather than a file descriptor (curl's sockets and the eventfd). */
+#define WATCH_TAG (UINT64_C(1) << 63)
 
 static const char *const outcome_names[] = {
     [GW_UP_OK] = "ok",
@@ -399,7 +404,7 @@ static int
 on_socket(CURL *easy, curl_socket_t fd, int what, void *arg, void *socket_arg)
 {
     struct gw_upstream *up = arg;
-    struct epoll_event ev = {.data.fd = fd};
+    struct epoll_event ev = {.data.u64 = (uint64_t)fd};
 
     (void)easy;
     if (what == CURL_POLL_REMOVE) {
@@ -762,6 +767,23 @@ cancel_all(struct gw_upstream *up)
         finish(up, up->active, GW_UP_CANCELLED);
 }
 
+/* Runs on_release for every watch unwatched so far. */
+static void
+run_releases(struct gw_upstream *up)
+{
+    pthread_mutex_lock(&up->lock);
+    struct gw_hangup_watch *list = up->release_head;
+    up->release_head = NULL;
+    pthread_mutex_unlock(&up->lock);
+
+    while (list != NULL) {
+        struct gw_hangup_watch *next = list->release_next;
+        list->release_next = NULL;
+        list->on_release(list);
+        list = next;
+    }
+}
+
 /*
  * Ends every call the loop still owns, and everything waiting on a timer:
  * pending timers run at once (their callbacks see the calls they start
@@ -780,12 +802,30 @@ shut_down(struct gw_upstream *up)
         cancel_all(up);
         if (wk_timer_run_due(up->timers, WK_TIME_NEVER - 1) > 0)
             continue;
+        run_releases(up);
         pthread_mutex_lock(&up->lock);
-        bool idle = up->submit_head == NULL && up->active == NULL;
+        bool idle = up->submit_head == NULL && up->active == NULL &&
+                    up->release_head == NULL;
         pthread_mutex_unlock(&up->lock);
         if (idle && wk_timer_count(up->timers) == 0)
             break;
     }
+}
+
+/*
+ * Handles a hang-up on a watched socket. A watch unwatched meanwhile is
+ * left alone: its release is queued and runs after this round of events.
+ */
+static void
+on_watch_event(struct gw_upstream *up, struct gw_hangup_watch *watch)
+{
+    if (!atomic_exchange(&watch->armed, false))
+        return;
+    epoll_ctl(up->epoll_fd, EPOLL_CTL_DEL, watch->fd, NULL);
+    watch->on_hangup(watch);
+    /* epoll reports a socket once per round, so nothing else in this round
+     * can name the watch. */
+    watch->on_release(watch);
 }
 
 static void *
@@ -804,7 +844,14 @@ loop_main(void *arg)
         }
         bool stopping = false;
         for (int i = 0; i < n; i++) {
-            int fd = events[i].data.fd;
+            if (events[i].data.u64 & WATCH_TAG) {
+                on_watch_event(
+                    up,
+                    (struct gw_hangup_watch *)(uintptr_t)(events[i].data.u64 &
+                                                          ~WATCH_TAG));
+                continue;
+            }
+            int fd = (int)events[i].data.u64;
             if (fd == up->event_fd) {
                 stopping = drain_queues(up);
                 continue;
@@ -826,6 +873,8 @@ loop_main(void *arg)
         collect_finished(up);
         wk_timer_run_due(up->timers, wk_clock_now(NULL));
         collect_finished(up);
+        /* Last: the events above were the last that could name them. */
+        run_releases(up);
         if (stopping)
             break;
     }
@@ -965,9 +1014,50 @@ gw_upstream_close_body(struct gw_upstream *up, struct gw_upstream_call *call)
         gw_upstream_cancel(up, call);
 }
 
+int
+gw_upstream_watch(struct gw_upstream *up, struct gw_hangup_watch *watch)
+{
+    /* Only the hang-up: bytes the client sends meanwhile (a pipelined
+     * request) are libmicrohttpd's to read later. */
+    struct epoll_event ev = {
+        .events = EPOLLRDHUP,
+        .data.u64 = (uint64_t)(uintptr_t)watch | WATCH_TAG,
+    };
+
+    pthread_mutex_lock(&up->lock);
+    bool stopped = up->stopped;
+    pthread_mutex_unlock(&up->lock);
+    if (stopped)
+        return -1;
+    watch->release_next = NULL;
+    atomic_store(&watch->armed, true);
+    if (epoll_ctl(up->epoll_fd, EPOLL_CTL_ADD, watch->fd, &ev) != 0) {
+        atomic_store(&watch->armed, false);
+        gw_log_warn("upstream: cannot watch client socket %d: %s", watch->fd,
+                    strerror(errno));
+        return -1;
+    }
+    return 0;
+}
+
+void
+gw_upstream_unwatch(struct gw_upstream *up, struct gw_hangup_watch *watch)
+{
+    if (!atomic_exchange(&watch->armed, false))
+        return;
+    epoll_ctl(up->epoll_fd, EPOLL_CTL_DEL, watch->fd, NULL);
+    pthread_mutex_lock(&up->lock);
+    watch->release_next = up->release_head;
+    up->release_head = watch;
+    pthread_mutex_unlock(&up->lock);
+    wake(up);
+}
+
 static void
 upstream_free(struct gw_upstream *up)
 {
+    /* Watches unwatched after the loop ended. */
+    run_releases(up);
     wk_timer_queue_destroy(&up->timers);
     for (size_t i = 0; i < up->easy_cached; i++)
         curl_easy_cleanup(up->easy_cache[i]);
@@ -1001,7 +1091,8 @@ gw_upstream_new(long max_idle_connections)
         upstream_free(up);
         return NULL;
     }
-    struct epoll_event ev = {.events = EPOLLIN, .data.fd = up->event_fd};
+    struct epoll_event ev = {.events = EPOLLIN,
+                             .data.u64 = (uint64_t)up->event_fd};
     epoll_ctl(up->epoll_fd, EPOLL_CTL_ADD, up->event_fd, &ev);
     curl_multi_setopt(up->multi, CURLMOPT_SOCKETFUNCTION, on_socket);
     curl_multi_setopt(up->multi, CURLMOPT_SOCKETDATA, up);

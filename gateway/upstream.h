@@ -16,6 +16,7 @@
 #define GATEWAY_UPSTREAM_H
 
 #include <curl/curl.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -113,7 +114,7 @@ struct gw_upstream_call {
     struct gw_upstream_call *unpause_next;
     struct gw_stream *stream; /* set once the call streams; freed at reset */
     size_t streamed;          /* body bytes taken into the stream */
-    bool stream_refused;      /* may_stream() said no */
+    bool stream_refused;      /* may_stream() returned false */
     bool reader_left;         /* the reader closed the stream early */
     bool cancel_queued;
     bool unpause_queued;
@@ -180,6 +181,38 @@ enum gw_body_read gw_upstream_read_body(struct gw_upstream *up,
  */
 void gw_upstream_close_body(struct gw_upstream *up,
                             struct gw_upstream_call *call);
+
+/*
+ * A watch on a client socket for the peer hanging up. libmicrohttpd does not
+ * look at a suspended connection's socket, so a request waiting in a queue
+ * would not notice a client that left; the loop's epoll does it instead.
+ * The caller fills fd and the callbacks and keeps the watch's memory valid
+ * until on_release() has run. Both callbacks run on the loop thread (or, for
+ * on_release() after the loop has ended, in gw_upstream_destroy()).
+ */
+struct gw_hangup_watch {
+    int fd;
+    void (*on_hangup)(struct gw_hangup_watch *watch);  /* at most once */
+    void (*on_release)(struct gw_hangup_watch *watch); /* once, last */
+
+    /* Private to the loop. */
+    _Atomic bool armed;
+    struct gw_hangup_watch *release_next;
+};
+
+/*
+ * Starts watching watch->fd. Returns 0, or -1 when the loop cannot watch
+ * it (then neither callback runs). Call from any thread.
+ */
+int gw_upstream_watch(struct gw_upstream *up, struct gw_hangup_watch *watch);
+
+/*
+ * Stops a watch started with gw_upstream_watch(). Unless on_hangup() has
+ * begun already, it never runs. on_release() runs afterwards on the loop
+ * thread, once the loop can no longer see the socket's events. Safe on a
+ * watch that was never started or has ended. Call from any thread.
+ */
+void gw_upstream_unwatch(struct gw_upstream *up, struct gw_hangup_watch *watch);
 
 /* Frees what the call owns (url, headers, response) and clears it. */
 void gw_upstream_call_reset(struct gw_upstream_call *call);

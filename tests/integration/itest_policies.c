@@ -44,6 +44,10 @@ static const char routes_fmt[] =
     "{\"name\":\"bulkhead\",\"match\":{\"prefix\":\"/bulkhead\"},"
     "\"upstream\":{\"url\":\"http://127.0.0.1:%1$d\"},"
     "\"bulkhead\":{\"max_concurrent\":2}},"
+    "{\"name\":\"queue\",\"match\":{\"prefix\":\"/queue\"},"
+    "\"upstream\":{\"url\":\"http://127.0.0.1:%1$d\"},"
+    "\"bulkhead\":{\"max_concurrent\":1,\"max_wait\":4,"
+    "\"max_wait_ms\":60000}},"
     "{\"name\":\"retry\",\"match\":{\"prefix\":\"/retry\"},"
     "\"upstream\":{\"url\":\"http://127.0.0.1:%1$d\"},"
     "\"retry\":{\"attempts\":3,\"on\":[\"5xx\"],\"backoff_ms\":5,"
@@ -190,6 +194,70 @@ bulkhead_503_past_limit(void **state)
     }
     assert_int_equal(ok, 2);
     assert_int_equal(full, 1);
+}
+
+/* Returns the value of a series on the admin /metrics page, or -1. */
+static long
+metric(const char *series)
+{
+    struct h_response resp;
+    long value = -1;
+
+    if (h_get(&resp, "http://127.0.0.1:%d/metrics", gateway.admin_port) != 0)
+        return -1;
+    const char *line = strstr(resp.body, series);
+    if (line != NULL)
+        value = strtol(line + strlen(series), NULL, 10);
+    h_response_free(&resp);
+    return value;
+}
+
+static bool
+metric_is(void *arg)
+{
+    const struct {
+        const char *series;
+        long value;
+    } *want = arg;
+
+    return metric(want->series) == want->value;
+}
+
+static void
+bulkhead_queue_drops_gone_client(void **state)
+{
+    static const char holder[] = "GET /queue/hold?delay_ms=1500 HTTP/1.1\r\n"
+                                 "Host: a\r\nConnection: close\r\n\r\n";
+    static const char waiter[] = "GET /queue/wait HTTP/1.1\r\nHost: a\r\n\r\n";
+    struct {
+        const char *series;
+        long value;
+    } in_flight = {"workshop_bulkhead_in_flight{route=\"queue\"} ", 1},
+      waiting = {"workshop_bulkhead_waiting{route=\"queue\"} ", 1},
+      closed = {"workshop_requests_total{route=\"queue\",code=\"499\"} ", 1};
+    char out[4096];
+
+    (void)state;
+    int hold_fd = h_connect(gateway.port);
+    assert_true(hold_fd >= 0);
+    assert_int_equal(h_send_all(hold_fd, holder, sizeof(holder) - 1), 0);
+    assert_true(h_wait_until(metric_is, &in_flight, 10000));
+
+    int wait_fd = h_connect(gateway.port);
+    assert_true(wait_fd >= 0);
+    assert_int_equal(h_send_all(wait_fd, waiter, sizeof(waiter) - 1), 0);
+    assert_true(h_wait_until(metric_is, &waiting, 10000));
+    close(wait_fd);
+
+    /* The queue lets the client go: counted as 499, never sent upstream.
+     * Left in the queue it would get the slot and a 200 instead. */
+    assert_true(h_wait_until(metric_is, &closed, 10000));
+    waiting.value = 0;
+    assert_true(metric_is(&waiting));
+
+    assert_true(h_recv(hold_fd, out, sizeof(out), NULL, 10000) > 0);
+    assert_non_null(strstr(out, "HTTP/1.1 200"));
+    close(hold_fd);
 }
 
 static void
@@ -354,6 +422,7 @@ main(void)
         cmocka_unit_test(breaker_fallback_answers),
         cmocka_unit_test(limiter_429_retry_after),
         cmocka_unit_test(bulkhead_503_past_limit),
+        cmocka_unit_test(bulkhead_queue_drops_gone_client),
         cmocka_unit_test(retry_get_not_post),
         cmocka_unit_test(stale_served_when_down),
         cmocka_unit_test(alternate_upstream_answers),
