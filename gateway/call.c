@@ -335,6 +335,15 @@ run_fallbacks(struct request *r)
 /* --- the promise step
  * ---------------------------------------------------------- */
 
+/* Resumes the request's suspended connection. The loop thread drives the
+ * listener: from another thread it must be woken to send the response. */
+static void
+resume(struct request *r)
+{
+    MHD_resume_connection(r->conn);
+    gw_upstream_wake(r->srv->upstream);
+}
+
 /* Settles the promise with the result: the connection resumes and sends
  * it. */
 static void
@@ -400,7 +409,7 @@ on_readable(struct gw_upstream_call *call)
 {
     struct request *r = call->user;
 
-    MHD_resume_connection(r->conn);
+    resume(r);
 }
 
 /* Decides after a final failure of the primary upstream: fallbacks, then
@@ -658,7 +667,7 @@ on_settled(void *arg, int err, struct wk_value *value)
 
     (void)value;
     r->err = err;
-    MHD_resume_connection(r->conn);
+    resume(r);
 }
 
 /*
@@ -688,7 +697,7 @@ go_async(struct request *r, enum call_start_kind kind, wk_time now)
         r->result = RESULT_ERROR;
         r->error_kind = GW_KIND_INTERNAL;
         snprintf(r->error_message, sizeof(r->error_message), "out of memory");
-        MHD_resume_connection(r->conn);
+        resume(r);
         return MHD_YES;
     }
 

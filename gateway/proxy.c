@@ -454,8 +454,11 @@ int
 gw_proxy_start_daemon(struct gw_server *srv)
 {
     const struct gw_config *cfg = srv->current->config;
-    unsigned flags = MHD_USE_EPOLL_INTERNAL_THREAD | MHD_ALLOW_SUSPEND_RESUME |
-                     MHD_USE_ERROR_LOG;
+    /* No thread of its own: the upstream loop drives the daemon
+     * (gw_server_start), so a request is read, proxied and answered on one
+     * thread. */
+    unsigned flags =
+        MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG;
     unsigned timeout_s =
         (unsigned)((cfg->limits.client_timeout_ms + 999) / 1000);
     /* The connection's memory pool contains the request head, the read buffer

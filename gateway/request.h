@@ -3,11 +3,12 @@
  * libmicrohttpd handlers), call.c (admission, upstream attempts, retries and
  * fallbacks) and reply.c (the response sent back).
  *
- * Threads: the libmicrohttpd thread owns a request until it suspends the
- * connection for the call; from then until the call settles, the call's
- * fields belong to whichever thread runs its next step (the upstream loop,
- * or a thread releasing a bulkhead slot); after the settle, which resumes
- * the connection, they belong to the libmicrohttpd thread again.
+ * Threads: the upstream loop thread drives the listener, so the handlers,
+ * the attempts and the response mostly run on that one thread. Other
+ * threads take part in a few steps (a promise deadline, the admin listener
+ * reading metrics, the shutdown). Fields
+ * that those steps share are atomics or belong to whichever thread runs
+ * the step, as the promise settle orders them.
  *
  * Lifetime: reference counted. libmicrohttpd holds one reference from the
  * request's first byte to its completion callback, and the call holds one

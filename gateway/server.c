@@ -4,6 +4,7 @@
  */
 #include "server.h"
 
+#include <limits.h>
 #include <microhttpd.h>
 #include <stdlib.h>
 #include <string.h>
@@ -75,6 +76,46 @@ attach_runtime(struct gw_server *srv, struct gw_config *config,
     return 0;
 }
 
+/* The traffic listener as the upstream loop's event source. */
+static void
+run_traffic(void *arg)
+{
+    struct gw_server *srv = arg;
+
+    MHD_run(srv->traffic);
+}
+
+static long
+traffic_timeout(void *arg)
+{
+    struct gw_server *srv = arg;
+    MHD_UNSIGNED_LONG_LONG ms;
+
+    if (MHD_get_timeout(srv->traffic, &ms) != MHD_YES)
+        return -1;
+    return ms > LONG_MAX ? LONG_MAX : (long)ms;
+}
+
+static bool
+traffic_busy(void *arg)
+{
+    struct gw_server *srv = arg;
+
+    return atomic_load(&srv->in_flight) > 0;
+}
+
+/* Stops accepting; runs on the loop thread, which drives the daemon.
+ * libmicrohttpd hands back the listening socket. */
+static void
+quiesce_traffic(void *arg)
+{
+    struct gw_server *srv = arg;
+    MHD_socket fd = MHD_quiesce_daemon(srv->traffic);
+
+    if (fd != MHD_INVALID_SOCKET)
+        close(fd);
+}
+
 int
 gw_server_start(struct gw_server *srv, struct gw_config *config)
 {
@@ -97,6 +138,20 @@ gw_server_start(struct gw_server *srv, struct gw_config *config)
         goto fail;
     if (gw_admin_start_daemon(srv) != 0 || gw_proxy_start_daemon(srv) != 0)
         goto fail;
+    const union MHD_DaemonInfo *info =
+        MHD_get_daemon_info(srv->traffic, MHD_DAEMON_INFO_EPOLL_FD);
+    if (info == NULL) {
+        gw_log_error("server: the traffic listener has no epoll descriptor");
+        goto fail;
+    }
+    struct gw_loop_source source = {.fd = info->epoll_fd,
+                                    .run = run_traffic,
+                                    .timeout_ms = traffic_timeout,
+                                    .busy = traffic_busy,
+                                    .arg = srv};
+    gw_upstream_set_source(srv->upstream, &source);
+    if (gw_upstream_start(srv->upstream) != 0)
+        goto fail;
     atomic_store(&srv->ready, true);
     return 0;
 
@@ -113,12 +168,11 @@ gw_server_drain(struct gw_server *srv, long timeout_ms)
     struct timespec start, now;
 
     atomic_store(&srv->draining, true);
-    if (srv->traffic != NULL) {
-        /* Stop accepting: libmicrohttpd hands back the listening socket. */
-        MHD_socket fd = MHD_quiesce_daemon(srv->traffic);
-        if (fd != MHD_INVALID_SOCKET)
-            close(fd);
-    }
+    /* Without a running loop nothing drives the daemon, so this thread may
+     * quiesce it itself. */
+    if (srv->traffic != NULL &&
+        gw_upstream_post(srv->upstream, quiesce_traffic, srv) != 0)
+        quiesce_traffic(srv);
     clock_gettime(CLOCK_MONOTONIC, &start);
     for (;;) {
         long left = atomic_load(&srv->in_flight);
@@ -138,16 +192,11 @@ void
 gw_server_stop(struct gw_server *srv)
 {
     /* Stopping the upstream loop first settles every call still in flight
-     * as cancelled, which resumes its connection with a 503. Requests that
-     * arrive on open connections until the listener stops get the same, so
-     * the loop's memory stays until then. */
+     * as cancelled, which resumes its connection with a 503; the loop drives
+     * the listener a little longer so those responses go out. Then no
+     * thread runs the daemon, and this one may stop it. */
     gw_upstream_stop(srv->upstream);
     if (srv->traffic != NULL) {
-        /* Give resumed connections a moment to send their responses. */
-        for (int i = 0; i < 50 && atomic_load(&srv->in_flight) > 0; i++) {
-            struct timespec pause = {.tv_nsec = 10 * 1000000};
-            nanosleep(&pause, NULL);
-        }
         MHD_stop_daemon(srv->traffic);
         srv->traffic = NULL;
     }

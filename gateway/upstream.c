@@ -38,10 +38,15 @@ struct gw_upstream {
     struct gw_upstream_call *cancel_head;
     struct gw_upstream_call *unpause_head;
     struct gw_hangup_watch *release_head; /* unwatched, to release */
+    struct gw_post *post_head;            /* gw_upstream_post() */
+    struct gw_post *post_tail;
     bool stopping;
     _Atomic bool stop_requested; /* read on the request path without the lock */
     bool stopped; /* the loop has ended: submissions finish at once */
     bool joined;  /* gw_upstream_stop() has joined the thread */
+    bool started; /* gw_upstream_start() made the thread */
+
+    struct gw_loop_source source; /* source.run is NULL without one */
 
     /* Loop thread only. */
     struct wk_timer_queue *timers;   /* retry backoffs, bulkhead waits */
@@ -74,6 +79,19 @@ struct gw_stream {
 /* The maximum libcurl hands to a write callback at once (CURL_MAX_WRITE_SIZE),
  * so a stream always has room for one piece beyond buffer_bytes. */
 #define STREAM_PIECE 16384
+
+/* A function to run on the loop thread. */
+struct gw_post {
+    void (*fn)(void *arg);
+    void *arg;
+    struct gw_post *next;
+};
+
+/* Marks the epoll registration of the loop source's descriptor. */
+#define SOURCE_TAG (UINT64_C(1) << 62)
+
+/* How long the loop keeps driving a busy source after the calls ended. */
+#define SOURCE_LINGER_MS 500
 
 /* Marks an epoll registration whose data is a struct gw_hangup_watch
  * rather than a file descriptor (curl's sockets and the eventfd). */
@@ -706,6 +724,8 @@ drain_queues(struct gw_upstream *up)
         c->cancel_queued = false;
     struct gw_upstream_call *unpaused = up->unpause_head;
     up->unpause_head = NULL;
+    struct gw_post *posts = up->post_head;
+    up->post_head = up->post_tail = NULL;
     for (struct gw_upstream_call *c = unpaused; c != NULL; c = c->unpause_next)
         c->unpause_queued = false;
     bool stopping = up->stopping;
@@ -735,13 +755,19 @@ drain_queues(struct gw_upstream *up)
             curl_easy_pause(unpaused->easy, CURLPAUSE_CONT);
         unpaused = next;
     }
+    while (posts != NULL) {
+        struct gw_post *next = posts->next;
+        posts->fn(posts->arg);
+        free(posts);
+        posts = next;
+    }
     return stopping;
 }
 
 /* Returns how long epoll may sleep: until curl's timer or the next timer
  * of the queue, whichever comes first, rounded up to whole milliseconds. */
 static int
-wait_timeout_ms(const struct gw_upstream *up)
+wait_timeout_ms(struct gw_upstream *up)
 {
     int64_t left = up->timer_deadline_ms < 0 ? INT64_MAX
                                              : up->timer_deadline_ms - now_ms();
@@ -751,6 +777,11 @@ wait_timeout_ms(const struct gw_upstream *up)
         int64_t ms =
             ns <= 0 ? 0 : (ns + WK_NSEC_PER_MSEC - 1) / WK_NSEC_PER_MSEC;
         if (ms < left)
+            left = ms;
+    }
+    if (up->source.run != NULL) {
+        long ms = up->source.timeout_ms(up->source.arg);
+        if (ms >= 0 && ms < left)
             left = ms;
     }
     if (left == INT64_MAX)
@@ -828,6 +859,35 @@ on_watch_event(struct gw_upstream *up, struct gw_hangup_watch *watch)
     watch->on_release(watch);
 }
 
+/*
+ * Drives the source after the calls have ended, while it is busy sending
+ * their responses, for up to SOURCE_LINGER_MS.
+ */
+static void
+linger(struct gw_upstream *up)
+{
+    struct epoll_event events[EVENTS_PER_WAIT];
+    int64_t end = now_ms() + SOURCE_LINGER_MS;
+
+    if (up->source.run == NULL)
+        return;
+    up->source.run(up->source.arg);
+    while (up->source.busy(up->source.arg)) {
+        int64_t left = end - now_ms();
+        if (left <= 0)
+            break;
+        int timeout = wait_timeout_ms(up);
+        if (timeout < 0 || timeout > left)
+            timeout = (int)left;
+        if (epoll_wait(up->epoll_fd, events, EVENTS_PER_WAIT, timeout) < 0 &&
+            errno != EINTR)
+            break;
+        drain_queues(up);
+        up->source.run(up->source.arg);
+        run_releases(up);
+    }
+}
+
 static void *
 loop_main(void *arg)
 {
@@ -844,6 +904,8 @@ loop_main(void *arg)
         }
         bool stopping = false;
         for (int i = 0; i < n; i++) {
+            if (events[i].data.u64 & SOURCE_TAG)
+                continue; /* the source runs below, every round */
             if (events[i].data.u64 & WATCH_TAG) {
                 on_watch_event(
                     up,
@@ -873,12 +935,18 @@ loop_main(void *arg)
         collect_finished(up);
         wk_timer_run_due(up->timers, wk_clock_now(NULL));
         collect_finished(up);
+        /* Every round: besides its own events and timeout, the calls that
+         * ended above may have resumed connections the source must serve,
+         * and a resume does not wake the loop. */
+        if (up->source.run != NULL)
+            up->source.run(up->source.arg);
         /* Last: the events above were the last that could name them. */
         run_releases(up);
         if (stopping)
             break;
     }
     shut_down(up);
+    linger(up);
     return NULL;
 }
 
@@ -898,8 +966,17 @@ wake_timers(void *arg)
 {
     struct gw_upstream *up = arg;
 
-    /* An earlier deadline: the loop recomputes how long it may sleep. */
-    wake(up);
+    /* An earlier deadline: the loop recomputes how long it may sleep, and
+     * does so anyway before it sleeps again when this is its own thread. */
+    if (!pthread_equal(pthread_self(), up->thread))
+        wake(up);
+}
+
+void
+gw_upstream_wake(struct gw_upstream *up)
+{
+    if (!up->started || !pthread_equal(pthread_self(), up->thread))
+        wake(up);
 }
 
 struct wk_timer_queue *
@@ -921,6 +998,12 @@ gw_upstream_submit(struct gw_upstream *up, struct gw_upstream_call *call)
         call->status = 0;
         snprintf(call->error, sizeof(call->error), "the gateway is stopping");
         call->done(call);
+        return;
+    }
+    if (up->started && pthread_equal(pthread_self(), up->thread)) {
+        /* On the loop thread (a request read by the source): no handoff. */
+        pthread_mutex_unlock(&up->lock);
+        start(up, call);
         return;
     }
     bool was_empty = up->submit_head == NULL;
@@ -1058,6 +1141,11 @@ upstream_free(struct gw_upstream *up)
 {
     /* Watches unwatched after the loop ended. */
     run_releases(up);
+    while (up->post_head != NULL) {
+        struct gw_post *next = up->post_head->next;
+        free(up->post_head);
+        up->post_head = next;
+    }
     wk_timer_queue_destroy(&up->timers);
     for (size_t i = 0; i < up->easy_cached; i++)
         curl_easy_cleanup(up->easy_cache[i]);
@@ -1099,15 +1187,62 @@ gw_upstream_new(long max_idle_connections)
     curl_multi_setopt(up->multi, CURLMOPT_TIMERFUNCTION, on_timer);
     curl_multi_setopt(up->multi, CURLMOPT_TIMERDATA, up);
     curl_multi_setopt(up->multi, CURLMOPT_MAXCONNECTS, max_idle_connections);
+    return up;
+}
 
+void
+gw_upstream_set_source(struct gw_upstream *up,
+                       const struct gw_loop_source *source)
+{
+    up->source = *source;
+}
+
+int
+gw_upstream_start(struct gw_upstream *up)
+{
+    if (up->source.run != NULL) {
+        struct epoll_event ev = {.events = EPOLLIN, .data.u64 = SOURCE_TAG};
+        if (epoll_ctl(up->epoll_fd, EPOLL_CTL_ADD, up->source.fd, &ev) != 0) {
+            gw_log_error("upstream: cannot watch the listener's descriptor "
+                         "%d: %s",
+                         up->source.fd, strerror(errno));
+            return -1;
+        }
+    }
+    pthread_mutex_lock(&up->lock);
     int rc = pthread_create(&up->thread, NULL, loop_main, up);
+    up->started = rc == 0;
+    pthread_mutex_unlock(&up->lock);
     if (rc != 0) {
         gw_log_error("upstream: cannot start the loop thread: %s",
                      strerror(rc));
-        upstream_free(up);
-        return NULL;
+        return -1;
     }
-    return up;
+    return 0;
+}
+
+int
+gw_upstream_post(struct gw_upstream *up, void (*fn)(void *arg), void *arg)
+{
+    struct gw_post *post = malloc(sizeof(*post));
+
+    if (post == NULL)
+        return -1;
+    *post = (struct gw_post){.fn = fn, .arg = arg};
+    pthread_mutex_lock(&up->lock);
+    if (up->stopped || !up->started) {
+        pthread_mutex_unlock(&up->lock);
+        free(post);
+        return -1;
+    }
+    if (up->post_tail != NULL)
+        up->post_tail->next = post;
+    else
+        up->post_head = post;
+    up->post_tail = post;
+    pthread_mutex_unlock(&up->lock);
+    wake(up);
+    return 0;
 }
 
 bool
@@ -1123,7 +1258,7 @@ gw_upstream_stop(struct gw_upstream *up)
         return;
     atomic_store_explicit(&up->stop_requested, true, memory_order_release);
     pthread_mutex_lock(&up->lock);
-    bool joined = up->joined;
+    bool joined = up->joined || !up->started;
     up->stopping = true;
     up->joined = true;
     pthread_mutex_unlock(&up->lock);

@@ -9,8 +9,13 @@
  * is cancelled or the loop stops). The caller must keep the call's memory
  * valid until done has run.
  *
+ * The loop can also drive one other event source (the traffic listener's
+ * libmicrohttpd daemon), so that a request is read, proxied and responded
+ * to on one thread without a handoff.
+ *
  * Thread safety: gw_upstream_submit() and gw_upstream_cancel() may be called
- * from any thread. gw_upstream_new() and gw_upstream_destroy() from one.
+ * from any thread. gw_upstream_new(), gw_upstream_set_source(),
+ * gw_upstream_start() and gw_upstream_destroy() from one.
  */
 #ifndef GATEWAY_UPSTREAM_H
 #define GATEWAY_UPSTREAM_H
@@ -125,14 +130,47 @@ struct gw_upstream_call {
 };
 
 /*
- * Starts the loop thread. max_idle_connections bounds the connections kept
- * open for reuse. Returns NULL on failure (the reason is logged).
+ * Makes a loop; gw_upstream_start() starts its thread. max_idle_connections
+ * bounds the connections kept open for reuse. Returns NULL on failure (the
+ * reason is logged).
  */
 struct gw_upstream *gw_upstream_new(long max_idle_connections);
 
 /*
+ * Another event source for the loop thread to drive: run(arg) is called in
+ * every round of the loop, which wakes when fd is readable and sleeps at
+ * most timeout_ms(arg) milliseconds (-1: no limit of its own). After
+ * gw_upstream_stop() has ended the calls, the loop goes on driving the source
+ * while busy(arg) is true, for up to half a second, so that the responses to
+ * those calls go out.
+ */
+struct gw_loop_source {
+    int fd;
+    void (*run)(void *arg);
+    long (*timeout_ms)(void *arg);
+    bool (*busy)(void *arg);
+    void *arg;
+};
+
+/* Sets the loop's other event source. Call before gw_upstream_start(). */
+void gw_upstream_set_source(struct gw_upstream *up,
+                            const struct gw_loop_source *source);
+
+/* Starts the loop thread. Returns 0, or -1 after logging why. */
+int gw_upstream_start(struct gw_upstream *up);
+
+/* Makes the loop run a round soon (and so drive its source), unless this
+ * is the loop thread, which runs one before it sleeps anyway. */
+void gw_upstream_wake(struct gw_upstream *up);
+
+/* Runs fn(arg) on the loop thread, soon. Returns 0, or -1 when the loop
+ * has stopped (fn does not run). */
+int gw_upstream_post(struct gw_upstream *up, void (*fn)(void *arg), void *arg);
+
+/*
  * Hands call to the loop. The loop resets the call's result fields first.
- * Never blocks on the network.
+ * Never blocks on the network. On the loop thread the call starts at once,
+ * and done may run before this returns.
  */
 void gw_upstream_submit(struct gw_upstream *up, struct gw_upstream_call *call);
 
