@@ -718,16 +718,8 @@ drain_queues(struct gw_upstream *up)
     pthread_mutex_lock(&up->lock);
     struct gw_upstream_call *submitted = up->submit_head;
     up->submit_head = up->submit_tail = NULL;
-    struct gw_upstream_call *cancelled = up->cancel_head;
-    up->cancel_head = NULL;
-    for (struct gw_upstream_call *c = cancelled; c != NULL; c = c->cancel_next)
-        c->cancel_queued = false;
-    struct gw_upstream_call *unpaused = up->unpause_head;
-    up->unpause_head = NULL;
     struct gw_post *posts = up->post_head;
     up->post_head = up->post_tail = NULL;
-    for (struct gw_upstream_call *c = unpaused; c != NULL; c = c->unpause_next)
-        c->unpause_queued = false;
     bool stopping = up->stopping;
     pthread_mutex_unlock(&up->lock);
 
@@ -737,23 +729,38 @@ drain_queues(struct gw_upstream *up)
         start(up, submitted);
         submitted = next;
     }
-    /* A cancelled call is still ours: finish() unqueues it under the lock
-     * before running done, so it cannot be in this list once freed. */
-    while (cancelled != NULL) {
-        struct gw_upstream_call *next = cancelled->cancel_next;
-        cancelled->cancel_next = NULL;
-        if (!cancelled->finished)
-            finish(up, cancelled, GW_UP_CANCELLED);
-        cancelled = next;
+    /* Cancellations and unpauses are taken one at a time: finishing one
+     * call can free a request whose call waits further on in either queue,
+     * and finish() takes a call out of both under the lock first, so what
+     * is still queued is alive. */
+    for (;;) {
+        pthread_mutex_lock(&up->lock);
+        struct gw_upstream_call *c = up->cancel_head;
+        if (c != NULL) {
+            up->cancel_head = c->cancel_next;
+            c->cancel_next = NULL;
+            c->cancel_queued = false;
+        }
+        pthread_mutex_unlock(&up->lock);
+        if (c == NULL)
+            break;
+        if (!c->finished)
+            finish(up, c, GW_UP_CANCELLED);
     }
-    /* Same for a call in this list: finish() takes it out first. The
-     * write callback may run inside curl_easy_pause() and pause again. */
-    while (unpaused != NULL) {
-        struct gw_upstream_call *next = unpaused->unpause_next;
-        unpaused->unpause_next = NULL;
-        if (!unpaused->finished && unpaused->easy != NULL)
-            curl_easy_pause(unpaused->easy, CURLPAUSE_CONT);
-        unpaused = next;
+    for (;;) {
+        pthread_mutex_lock(&up->lock);
+        struct gw_upstream_call *c = up->unpause_head;
+        if (c != NULL) {
+            up->unpause_head = c->unpause_next;
+            c->unpause_next = NULL;
+            c->unpause_queued = false;
+        }
+        pthread_mutex_unlock(&up->lock);
+        if (c == NULL)
+            break;
+        /* The write callback may run in here and pause again. */
+        if (!c->finished && c->easy != NULL)
+            curl_easy_pause(c->easy, CURLPAUSE_CONT);
     }
     while (posts != NULL) {
         struct gw_post *next = posts->next;
