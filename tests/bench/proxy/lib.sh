@@ -155,6 +155,10 @@ wait_http() {
 # sets GATEWAY_PORT from its "ready traffic=HOST:PORT" line.
 start_gateway() {
     local config=$1 cpu=$2 logfile=$3 i line
+    # The previous run's log names its port: it must be gone before the
+    # loop below reads the file, which may happen before the new process
+    # has truncated it.
+    rm -f "$logfile"
     start_server "$cpu" "$logfile" "$BUILD/workshop-gateway" --config "$config"
     GATEWAY_PORT=
     for ((i = 0; i < 100; i++)); do
