@@ -383,7 +383,17 @@ call_finish(struct request *r)
 static bool
 may_stream(const struct gw_upstream_call *call)
 {
-    return call->status >= 200 && call->status < 500;
+    const struct request *r = call->user;
+
+    if (call->status < 200 || call->status >= 500)
+        return false;
+    /* An HTTP/1.0 client has no chunked coding, so without a declared
+     * length its body ends at the close, and a body cut short would look
+     * whole. Such a body is read whole first. */
+    if (call->content_length[0] == '\0' &&
+        strcmp(r->version, MHD_HTTP_VERSION_1_1) != 0)
+        return false;
+    return true;
 }
 
 /*
@@ -409,6 +419,8 @@ on_readable(struct gw_upstream_call *call)
 {
     struct request *r = call->user;
 
+    /* Before the resume: libmicrohttpd may close the socket after it. */
+    gw_upstream_unwatch(r->srv->upstream, &r->stream_watch);
     resume(r);
 }
 
@@ -488,9 +500,14 @@ on_attempt_done(struct gw_upstream_call *call)
          * can only cut the body short. reply.c then closes the connection,
          * which shows the client the body is incomplete. */
         if (r->breaker_held) {
+            /* A transfer a slow client paused may run past timeout_ms
+             * through no fault of the upstream: not counted against it. */
+            int err = attempt_error(call);
+            if (err != WK_OK && call->paused_once)
+                err = WK_ERR_CANCELLED;
             r->breaker_held = false;
-            wk_breaker_after(r->runtime->breaker, &r->permit,
-                             attempt_error(call), latency, now);
+            wk_breaker_after(r->runtime->breaker, &r->permit, err, latency,
+                             now);
         }
         call_release(r);
         return;

@@ -5,6 +5,7 @@
  * Runs on the libmicrohttpd thread.
  */
 #include <limits.h>
+#include <stddef.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -92,6 +93,15 @@ static enum MHD_Result
 send_error(struct request *r, enum gw_error_kind kind, const char *allow,
            const char *message)
 {
+    if (kind == GW_KIND_CLIENT_CLOSED) {
+        /* Nobody reads a response: counted and logged, and the connection
+         * closes without one, as nginx does. A client that only shut down
+         * its sending side sees the close too. */
+        gw_metrics_request(request_metrics(r), gw_error_kind_status(kind),
+                           wk_clock_now(NULL) - r->started);
+        access_log(r, gw_error_kind_status(kind), gw_error_kind_name(kind));
+        return MHD_NO;
+    }
     char body[512];
     size_t len =
         gw_error_body(kind, message, r->route != NULL ? r->route->name : NULL,
@@ -178,10 +188,15 @@ bodiless_response(long status, const struct gw_header_list *list)
     if (status == 204 || status < 200)
         return MHD_create_response_from_buffer(0, (void *)"",
                                                MHD_RESPMEM_PERSISTENT);
-    /* Without a declared length (a chunked upstream answer), the length is
-     * left unknown rather than claimed to be 0. */
-    return MHD_create_response_from_callback(
-        declared ? length : MHD_SIZE_UNKNOWN, 4096, no_content, NULL, NULL);
+    /* Without a declared length (a chunked upstream response) the
+     * response is built empty: given an unknown size, libmicrohttpd 0.9.75
+     * writes a last chunk after the head of a HEAD or 304 response, bytes
+     * that a client would read as the start of the next response. */
+    if (!declared)
+        return MHD_create_response_from_buffer(0, (void *)"",
+                                               MHD_RESPMEM_PERSISTENT);
+    return MHD_create_response_from_callback(length, 4096, no_content, NULL,
+                                             NULL);
 }
 
 static bool
@@ -236,14 +251,41 @@ remember_for_stale(struct request *r)
     gw_header_list_clear(&kept);
 }
 
-/* Suspends the connection of a request whose streamed body has no bytes
- * ready; on_readable (call.c) resumes it. */
+/* Runs on the loop thread when the client of a suspended stream hangs up:
+ * the transfer stops, and the resumed connection finds the body failed and
+ * closes. */
+static void
+on_stream_hangup(struct gw_hangup_watch *watch)
+{
+    struct request *r =
+        (struct request *)((char *)watch -
+                           offsetof(struct request, stream_watch));
+
+    atomic_store(&r->client_left, true);
+    gw_upstream_close_body(r->srv->upstream, &r->call);
+    MHD_resume_connection(r->conn);
+}
+
+/*
+ * Suspends the connection of a request whose streamed body has no bytes
+ * ready; on_readable (call.c) resumes it. libmicrohttpd does not look at a
+ * suspended socket, so the loop watches it: a client that leaves while the
+ * upstream stalls would otherwise keep its slot until timeout_ms.
+ */
 static void
 suspend_for_body(void *arg)
 {
     struct request *r = arg;
+    const union MHD_ConnectionInfo *info =
+        MHD_get_connection_info(r->conn, MHD_CONNECTION_INFO_CONNECTION_FD);
 
     MHD_suspend_connection(r->conn);
+    if (info == NULL)
+        return;
+    r->stream_watch.fd = info->connect_fd;
+    r->stream_watch.on_hangup = on_stream_hangup;
+    r->stream_watch.on_release = NULL;
+    gw_upstream_watch(r->srv->upstream, &r->stream_watch);
 }
 
 /*
@@ -268,9 +310,10 @@ read_stream(void *cls, uint64_t pos, char *buf, size_t max)
     case GW_BODY_END:
         return MHD_CONTENT_READER_END_OF_STREAM;
     case GW_BODY_FAILED:
-        gw_log_warn("reply: the upstream body was cut short; closing the "
-                    "connection route=%s request_id=%llu",
-                    r->route->name, (unsigned long long)r->id);
+        if (!atomic_load(&r->client_left))
+            gw_log_warn("reply: the upstream body was cut short; closing "
+                        "the connection route=%s request_id=%llu",
+                        r->route->name, (unsigned long long)r->id);
         break;
     }
     return MHD_CONTENT_READER_END_WITH_ERROR;
@@ -283,6 +326,7 @@ close_stream(void *cls)
 {
     struct request *r = cls;
 
+    gw_upstream_unwatch(r->srv->upstream, &r->stream_watch);
     gw_upstream_close_body(r->srv->upstream, &r->call);
     request_put(r); /* the response's reference */
 }

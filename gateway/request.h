@@ -91,6 +91,9 @@ struct request {
      * reference to the request until released. */
     struct gw_hangup_watch hangup;
     _Atomic bool client_left; /* the watch saw the client hang up */
+    /* Watches the client while its streamed response waits for upstream
+     * bytes. Armed and disarmed on the loop thread only; no reference. */
+    struct gw_hangup_watch stream_watch;
     struct wk_timer retry_timer;
     bool on_alternate; /* the call in flight is a fallback upstream */
     /* The response streams: the call settled once its body outgrew

@@ -313,6 +313,7 @@ stream_write(struct gw_upstream_call *call, const char *data, size_t len)
     }
     if (s->capacity - s->start - s->used < len) {
         s->paused = true;
+        call->paused_once = true;
         s->pending = len;
         pthread_mutex_unlock(&s->lock);
         return CURL_WRITEFUNC_PAUSE;
@@ -629,6 +630,7 @@ start(struct gw_upstream *up, struct gw_upstream_call *call)
     call->invalid_head = false;
     call->stream_refused = false;
     call->reader_left = false;
+    call->paused_once = false;
     call->streamed = 0;
     call->content_length[0] = '\0';
     call->finished = false;
@@ -863,7 +865,8 @@ on_watch_event(struct gw_upstream *up, struct gw_hangup_watch *watch)
     watch->on_hangup(watch);
     /* epoll reports a socket once per round, so nothing else in this round
      * can name the watch. */
-    watch->on_release(watch);
+    if (watch->on_release != NULL)
+        watch->on_release(watch);
 }
 
 /*
@@ -1063,6 +1066,12 @@ gw_upstream_read_body(struct gw_upstream *up, struct gw_upstream_call *call,
 
     *n = 0;
     pthread_mutex_lock(&s->lock);
+    if (s->reader_gone) {
+        /* gw_upstream_close_body() ran (the client hung up): the body
+         * will never be whole. */
+        pthread_mutex_unlock(&s->lock);
+        return GW_BODY_FAILED;
+    }
     if (s->used > 0) {
         size_t take = s->used < max ? s->used : max;
         memcpy(buf, s->data + s->start, take);
@@ -1136,6 +1145,8 @@ gw_upstream_unwatch(struct gw_upstream *up, struct gw_hangup_watch *watch)
     if (!atomic_exchange(&watch->armed, false))
         return;
     epoll_ctl(up->epoll_fd, EPOLL_CTL_DEL, watch->fd, NULL);
+    if (watch->on_release == NULL)
+        return;
     pthread_mutex_lock(&up->lock);
     watch->release_next = up->release_head;
     up->release_head = watch;

@@ -121,6 +121,7 @@ struct gw_upstream_call {
     size_t streamed;          /* body bytes taken into the stream */
     bool stream_refused;      /* may_stream() returned false */
     bool reader_left;         /* the reader closed the stream early */
+    bool paused_once;         /* a slow reader paused the transfer */
     bool cancel_queued;
     bool unpause_queued;
     bool finished;
@@ -225,13 +226,16 @@ void gw_upstream_close_body(struct gw_upstream *up,
  * look at a suspended connection's socket, so a request waiting in a queue
  * would not notice a client that left; the loop's epoll does it instead.
  * The caller fills fd and the callbacks and keeps the watch's memory valid
- * until on_release() has run. Both callbacks run on the loop thread (or, for
- * on_release() after the loop has ended, in gw_upstream_destroy()).
+ * until on_release() has run. A watch without on_release is for a caller on
+ * the loop thread whose watch outlives the loop's current round anyway: it
+ * is never queued for release, so it can be armed again at once. Both callbacks
+ * run on the loop thread (or, for on_release() after the loop has ended, in
+ * gw_upstream_destroy()).
  */
 struct gw_hangup_watch {
     int fd;
     void (*on_hangup)(struct gw_hangup_watch *watch);  /* at most once */
-    void (*on_release)(struct gw_hangup_watch *watch); /* once, last */
+    void (*on_release)(struct gw_hangup_watch *watch); /* once, last; or NULL */
 
     /* Private to the loop. */
     _Atomic bool armed;

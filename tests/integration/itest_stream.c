@@ -174,6 +174,83 @@ client_leaving_stops_the_transfer(void **state)
     assert_true(h_wait_until(transfer_cancelled, &before, 10000));
 }
 
+static bool
+cancelled_above(void *arg)
+{
+    long before = *(long *)arg;
+
+    return metric("workshop_upstream_attempts_total{route=\"s\","
+                  "outcome=\"cancelled\"} ") > before;
+}
+
+static void
+client_leaving_stalled_stream_is_seen(void **state)
+{
+    static const char request[] =
+        "GET /s/stall?body_size=400000&action=stall_body HTTP/1.1\r\n"
+        "Host: 127.0.0.1\r\n\r\n";
+    char buf[65536];
+
+    (void)state;
+    long before = metric("workshop_upstream_attempts_total{route=\"s\","
+                         "outcome=\"cancelled\"} ");
+    if (before < 0)
+        before = 0;
+    /* The upstream sends half the body, then nothing: the response waits,
+     * suspended, for bytes that do not come. */
+    int fd = h_connect(gateway.port);
+    assert_true(fd >= 0);
+    assert_int_equal(h_send_all(fd, request, sizeof(request) - 1), 0);
+    assert_true(h_recv(fd, buf, sizeof(buf), "\r\n\r\n", 5000) > 0);
+    close(fd);
+
+    /* Counted as cancelled well before the route's 8 s timeout would have
+     * ended it as timed out. */
+    assert_true(h_wait_until(cancelled_above, &before, 4000));
+}
+
+static void
+http10_client_never_gets_cut_body(void **state)
+{
+    static const char request[] =
+        "GET /s/old?action=close_mid_body&body_size=1000000&chunked=1 "
+        "HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n";
+    char buf[4096];
+
+    (void)state;
+    /* Chunked coding is not open to an HTTP/1.0 client, so its body would
+     * end at the close and a cut one would look whole: it is read whole
+     * first, and the cut gives a 502 instead. */
+    int fd = h_connect(gateway.port);
+    assert_true(fd >= 0);
+    assert_int_equal(h_send_all(fd, request, sizeof(request) - 1), 0);
+    assert_true(h_recv(fd, buf, sizeof(buf), "\r\n\r\n", 5000) > 0);
+    close(fd);
+    assert_non_null(strstr(buf, " 502 "));
+}
+
+static void
+head_of_chunked_body_has_no_bytes(void **state)
+{
+    static const char requests[] =
+        "HEAD /s/h?body_size=100&chunked=1 HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+        "GET /s/h?body_size=10 HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        "Connection: close\r\n\r\n";
+    char buf[8192];
+
+    (void)state;
+    int fd = h_connect(gateway.port);
+    assert_true(fd >= 0);
+    assert_int_equal(h_send_all(fd, requests, sizeof(requests) - 1), 0);
+    assert_true(h_recv(fd, buf, sizeof(buf), NULL, 5000) > 0);
+    close(fd);
+    /* The second response starts right after the first head. */
+    const char *end = strstr(buf, "\r\n\r\n");
+    assert_non_null(end);
+    if (strncmp(end + 4, "HTTP/1.1 200", 12) != 0)
+        fail_msg("bytes after the HEAD response's head:\n%s", end + 4);
+}
+
 static void
 server_error_is_read_whole_and_retried(void **state)
 {
@@ -200,6 +277,9 @@ main(void)
         cmocka_unit_test(large_bodies_stream_intact),
         cmocka_unit_test(cut_body_is_visibly_incomplete),
         cmocka_unit_test(client_leaving_stops_the_transfer),
+        cmocka_unit_test(client_leaving_stalled_stream_is_seen),
+        cmocka_unit_test(http10_client_never_gets_cut_body),
+        cmocka_unit_test(head_of_chunked_body_has_no_bytes),
         cmocka_unit_test(server_error_is_read_whole_and_retried),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
