@@ -728,15 +728,14 @@ go_async(struct request *r, enum call_start_kind kind, wk_time now)
         break;
     case START_BULKHEAD: {
         bool queued = false;
-        watch_client(r);
         int err =
             wk_bulkhead_acquire_async(r->runtime->bulkhead, &r->waiter,
                                       gw_upstream_timers(r->srv->upstream), now,
                                       on_bulkhead_admit, r, &queued);
-        /* A hang-up seen before the waiter was queued could not cancel
-         * it: cancel it now. */
-        if (err == WK_OK && queued && atomic_load(&r->client_left))
-            wk_bulkhead_cancel_wait(r->runtime->bulkhead, &r->waiter);
+        /* This is the loop thread, which both admits waiters and handles
+         * hang-ups, so neither can happen before the watch is armed. */
+        if (err == WK_OK && queued)
+            watch_client(r);
         else if (err == WK_OK && !queued)
             on_bulkhead_admit(r, WK_OK);
         else if (err != WK_OK)
@@ -855,10 +854,13 @@ call_start(struct request *r, const char *version)
     if (rt->retry != NULL)
         wk_retry_record_call(rt->retry, now);
     if (rt->bulkhead != NULL) {
+        /* With a queue, acquire_async takes a free slot as well; a failed
+         * try_acquire first would count a rejection for a request that then
+         * only waits. */
+        if (r->route->bulkhead.lib.max_wait > 0)
+            return prepare_and_go(r, version, START_BULKHEAD, now);
         if (wk_bulkhead_try_acquire(rt->bulkhead) == WK_OK) {
             r->bulkhead_held = true;
-        } else if (r->route->bulkhead.lib.max_wait > 0) {
-            return prepare_and_go(r, version, START_BULKHEAD, now);
         } else {
             if (r->breaker_held) {
                 r->breaker_held = false;

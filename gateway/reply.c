@@ -188,13 +188,19 @@ bodiless_response(long status, const struct gw_header_list *list)
     if (status == 204 || status < 200)
         return MHD_create_response_from_buffer(0, (void *)"",
                                                MHD_RESPMEM_PERSISTENT);
-    /* Without a declared length (a chunked upstream response) the
-     * response is built empty: given an unknown size, libmicrohttpd 0.9.75
-     * writes a last chunk after the head of a HEAD or 304 response, bytes
-     * that a client would read as the start of the next response. */
-    if (!declared)
-        return MHD_create_response_from_buffer(0, (void *)"",
-                                               MHD_RESPMEM_PERSISTENT);
+    /* Without a declared length (a chunked upstream response) the length
+     * stays unknown, so the head says chunked as the GET's would, rather
+     * than claim 0. libmicrohttpd 0.9.75 then writes a last chunk after
+     * the head, which a keep-alive client would read as the start of the
+     * next response: the connection closes after this one instead. */
+    if (!declared) {
+        struct MHD_Response *response = MHD_create_response_from_callback(
+            MHD_SIZE_UNKNOWN, 4096, no_content, NULL, NULL);
+        if (response != NULL)
+            MHD_add_response_header(response, MHD_HTTP_HEADER_CONNECTION,
+                                    "close");
+        return response;
+    }
     return MHD_create_response_from_callback(length, 4096, no_content, NULL,
                                              NULL);
 }

@@ -258,6 +258,9 @@ bulkhead_queue_drops_gone_client(void **state)
     assert_true(h_recv(hold_fd, out, sizeof(out), NULL, 10000) > 0);
     assert_non_null(strstr(out, "HTTP/1.1 200"));
     close(hold_fd);
+    /* Waiting is not a rejection, and neither is leaving the queue. */
+    assert_int_equal(
+        metric("workshop_bulkhead_rejections_total{route=\"queue\"} "), 0);
 }
 
 static void
