@@ -445,6 +445,10 @@ mhd_log(void *cls, const char *fmt, va_list ap)
      * 0, so it is dropped. */
     if (strncmp(line, "Failed to bind to port", 22) == 0)
         return;
+    /* Logged when a handler returns MHD_NO, which the gateway does on
+     * purpose for a client that left (499) and logs itself otherwise. */
+    if (strncmp(line, "Application reported internal error", 35) == 0)
+        return;
     /* A client can make libmicrohttpd log a line per connection (a reset,
      * a malformed head): one line per interval, with a count. */
     gw_log_limited(GW_LOG_WARN, "libmicrohttpd", "libmicrohttpd: %s", line);

@@ -18,8 +18,13 @@ stop() {
     if [ -n "$gateway_pid" ] && kill -0 "$gateway_pid" 2>/dev/null; then
         kill -TERM "$gateway_pid" 2>/dev/null
     fi
-    [ -n "$gateway_pid" ] && wait "$gateway_pid"
-gateway_pid=
+    if [ -n "$gateway_pid" ]; then
+        wait "$gateway_pid"
+        gateway_status=$?
+        [ "$status" = 0 ] && status=$gateway_status
+        echo "run-demo: the gateway exited with status $gateway_status"
+    fi
+    gateway_pid=
     [ -n "$upstream_pid" ] && kill -TERM "$upstream_pid" 2>/dev/null && wait "$upstream_pid"
     echo "run-demo: stopped the gateway and the demo upstream"
     exit "$status"
@@ -88,10 +93,17 @@ An upstream slower than its timeout_ms (1000), then one that is down
   curl -i 'http://127.0.0.1:8080/slow?delay_ms=1500'      504 from the gateway
   curl -i 'http://127.0.0.1:8080/backup/x?echo=1'         X-Workshop-Fallback: upstream_error
 
+A large body: over limits.response_buffer_bytes (64 KiB) it streams
+(the upstream also takes ?body_size=N, ?chunked=1 and ?action=close_mid_body):
+  curl -s -o /dev/null -w '%{http_code} %{size_download}\n' 'http://127.0.0.1:8080/api/users/big?body_size=20000000'
+
   curl http://127.0.0.1:9901/metrics                      Prometheus metrics
   curl http://127.0.0.1:9901/readyz                       readiness
 
 Press Ctrl-C to stop both.
 MSG
+echo "run-demo: gateway PID $gateway_pid, demo upstream PID $upstream_pid"
 wait "$gateway_pid"
+status=$?
+echo "run-demo: the gateway exited with status $status"
 gateway_pid=
