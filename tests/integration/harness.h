@@ -158,6 +158,9 @@ long long h_now_ms(void);
 
 /* Reads the upstream's /__stats "requests" counter, or -1 on failure. */
 long h_upstream_requests(const struct h_proc *upstream);
+/* Returns the value of a series ("name{labels} ", with the space) on the
+ * gateway's admin /metrics page, or -1 when it is missing. */
+long h_metric(const struct h_proc *gateway, const char *series);
 /* Reads /__stats "by_key"[key]: 0 if the key was never seen, -1 on
  * failure. */
 long h_upstream_key_requests(const struct h_proc *upstream, const char *key);

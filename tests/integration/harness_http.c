@@ -365,6 +365,23 @@ json_long(const cJSON *object, const char *key)
 }
 
 long
+h_metric(const struct h_proc *gateway, const char *series)
+{
+    struct h_response resp;
+    long value = -1;
+
+    if (h_get(&resp, "http://127.0.0.1:%d/metrics", gateway->admin_port) != 0) {
+        h_response_free(&resp);
+        return -1;
+    }
+    const char *line = strstr(resp.body, series);
+    if (line != NULL)
+        value = strtol(line + strlen(series), NULL, 10);
+    h_response_free(&resp);
+    return value;
+}
+
+long
 h_upstream_requests(const struct h_proc *upstream)
 {
     cJSON *json = upstream_admin(upstream, "/__stats");

@@ -196,22 +196,6 @@ bulkhead_503_past_limit(void **state)
     assert_int_equal(full, 1);
 }
 
-/* Returns the value of a series on the admin /metrics page, or -1. */
-static long
-metric(const char *series)
-{
-    struct h_response resp;
-    long value = -1;
-
-    if (h_get(&resp, "http://127.0.0.1:%d/metrics", gateway.admin_port) != 0)
-        return -1;
-    const char *line = strstr(resp.body, series);
-    if (line != NULL)
-        value = strtol(line + strlen(series), NULL, 10);
-    h_response_free(&resp);
-    return value;
-}
-
 static bool
 metric_is(void *arg)
 {
@@ -220,7 +204,7 @@ metric_is(void *arg)
         long value;
     } *want = arg;
 
-    return metric(want->series) == want->value;
+    return h_metric(&gateway, want->series) == want->value;
 }
 
 static void
@@ -260,7 +244,9 @@ bulkhead_queue_drops_gone_client(void **state)
     close(hold_fd);
     /* Waiting is not a rejection, and neither is leaving the queue. */
     assert_int_equal(
-        metric("workshop_bulkhead_rejections_total{route=\"queue\"} "), 0);
+        h_metric(&gateway,
+                 "workshop_bulkhead_rejections_total{route=\"queue\"} "),
+        0);
 }
 
 static void

@@ -121,20 +121,26 @@ cut_body_is_visibly_incomplete(void **state)
     h_response_free(&resp);
 }
 
-/* Reads the counter of series from the admin /metrics page, or -1. */
+/* Returns the attempts of route s counted as cancelled so far. */
 static long
-metric(const char *series)
+cancelled_count(void)
 {
-    struct h_response resp;
-    long value = -1;
+    long n = h_metric(&gateway, "workshop_upstream_attempts_total{route=\"s\","
+                                "outcome=\"cancelled\"} ");
+    return n < 0 ? 0 : n;
+}
 
-    if (h_get(&resp, "http://127.0.0.1:%d/metrics", gateway.admin_port) != 0)
-        return -1;
-    const char *line = strstr(resp.body, series);
-    if (line != NULL)
-        value = strtol(line + strlen(series), NULL, 10);
-    h_response_free(&resp);
-    return value;
+/* Sends request on a new connection and reads the response into buf until
+ * until is found, or (with until NULL) until the gateway closes. */
+static void
+exchange(const char *request, char *buf, size_t size, const char *until)
+{
+    int fd = h_connect(gateway.port);
+
+    assert_true(fd >= 0);
+    assert_int_equal(h_send_all(fd, request, strlen(request)), 0);
+    assert_true(h_recv(fd, buf, size, until, 5000) > 0);
+    close(fd);
 }
 
 static bool
@@ -142,9 +148,8 @@ transfer_cancelled(void *arg)
 {
     long before = *(long *)arg;
 
-    return metric("workshop_upstream_attempts_total{route=\"s\","
-                  "outcome=\"cancelled\"} ") > before &&
-           metric("workshop_in_flight_requests ") == 0;
+    return cancelled_count() > before &&
+           h_metric(&gateway, "workshop_in_flight_requests ") == 0;
 }
 
 static void
@@ -154,33 +159,17 @@ client_leaving_stops_the_transfer(void **state)
     char buf[65536];
 
     (void)state;
-    long before = metric("workshop_upstream_attempts_total{route=\"s\","
-                         "outcome=\"cancelled\"} ");
-    if (before < 0)
-        before = 0;
+    long before = cancelled_count();
     /* Far more than the buffers between the upstream and the client hold,
      * so the transfer is still running when the client leaves. */
-    int fd = h_connect(gateway.port);
-    assert_true(fd >= 0);
-    int len = snprintf(head, sizeof(head),
-                       "GET /s/leave?body_size=%d HTTP/1.1\r\n"
-                       "Host: 127.0.0.1\r\n\r\n",
-                       MAX_RESPONSE - 1);
-    assert_int_equal(h_send_all(fd, head, (size_t)len), 0);
-    assert_true(h_recv(fd, buf, sizeof(buf), "\r\n\r\n", 5000) > 0);
+    snprintf(head, sizeof(head),
+             "GET /s/leave?body_size=%d HTTP/1.1\r\n"
+             "Host: 127.0.0.1\r\n\r\n",
+             MAX_RESPONSE - 1);
+    exchange(head, buf, sizeof(buf), "\r\n\r\n");
     assert_non_null(strstr(buf, "HTTP/1.1 200"));
-    close(fd);
 
     assert_true(h_wait_until(transfer_cancelled, &before, 10000));
-}
-
-static bool
-cancelled_above(void *arg)
-{
-    long before = *(long *)arg;
-
-    return metric("workshop_upstream_attempts_total{route=\"s\","
-                  "outcome=\"cancelled\"} ") > before;
 }
 
 static void
@@ -192,21 +181,14 @@ client_leaving_stalled_stream_is_seen(void **state)
     char buf[65536];
 
     (void)state;
-    long before = metric("workshop_upstream_attempts_total{route=\"s\","
-                         "outcome=\"cancelled\"} ");
-    if (before < 0)
-        before = 0;
+    long before = cancelled_count();
     /* The upstream sends half the body, then nothing: the response waits,
      * suspended, for bytes that do not come. */
-    int fd = h_connect(gateway.port);
-    assert_true(fd >= 0);
-    assert_int_equal(h_send_all(fd, request, sizeof(request) - 1), 0);
-    assert_true(h_recv(fd, buf, sizeof(buf), "\r\n\r\n", 5000) > 0);
-    close(fd);
+    exchange(request, buf, sizeof(buf), "\r\n\r\n");
 
     /* Counted as cancelled well before the route's 8 s timeout would have
      * ended it as timed out. */
-    assert_true(h_wait_until(cancelled_above, &before, 4000));
+    assert_true(h_wait_until(transfer_cancelled, &before, 4000));
 }
 
 static void
@@ -221,11 +203,7 @@ http10_client_never_gets_cut_body(void **state)
     /* Chunked coding is not open to an HTTP/1.0 client, so its body would
      * end at the close and a cut one would look whole: it is read whole
      * first, and the cut gives a 502 instead. */
-    int fd = h_connect(gateway.port);
-    assert_true(fd >= 0);
-    assert_int_equal(h_send_all(fd, request, sizeof(request) - 1), 0);
-    assert_true(h_recv(fd, buf, sizeof(buf), "\r\n\r\n", 5000) > 0);
-    close(fd);
+    exchange(request, buf, sizeof(buf), "\r\n\r\n");
     assert_non_null(strstr(buf, " 502 "));
 }
 
@@ -238,12 +216,7 @@ head_of_chunked_body_closes(void **state)
     char buf[8192];
 
     (void)state;
-    int fd = h_connect(gateway.port);
-    assert_true(fd >= 0);
-    assert_int_equal(h_send_all(fd, requests, sizeof(requests) - 1), 0);
-    /* Read until the gateway closes. */
-    assert_true(h_recv(fd, buf, sizeof(buf), NULL, 5000) > 0);
-    close(fd);
+    exchange(requests, buf, sizeof(buf), NULL);
     /* The head says chunked, as the GET's would, and claims no length.
      * libmicrohttpd writes a last chunk after it, so the connection
      * closes rather than let the next response follow those bytes. */
