@@ -155,7 +155,7 @@ gw_admin_start_daemon(struct gw_server *srv)
         mhd_log, NULL, MHD_OPTION_SOCK_ADDR,
         (const struct sockaddr *)&cfg->admin_listen.addr,
         MHD_OPTION_CONNECTION_LIMIT, 64u, MHD_OPTION_CONNECTION_TIMEOUT, 10u,
-        MHD_OPTION_LISTENING_ADDRESS_REUSE, 1u, MHD_OPTION_END);
+        MHD_OPTION_END);
     if (srv->admin == NULL) {
         gw_log_error("admin: cannot listen on %s: %s", cfg->admin_listen.text,
                      strerror(errno));

@@ -18,6 +18,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/socket.h>
 
 #include "headers.h"
 #include "log.h"
@@ -47,6 +48,69 @@ request_metrics(struct request *r)
     if (r->route != NULL && r->route->metrics != NULL)
         return r->route->metrics;
     return &r->srv->metrics.unrouted;
+}
+
+/*
+ * A client connection's deadline for its next request head. libmicrohttpd's
+ * timeout only closes an idle connection, and every byte restarts it, so a
+ * client sending a head one byte at a time would hold the connection for
+ * ever. The head must arrive within client_timeout_ms of the connection's
+ * start, or of the end of the previous request, as nginx's
+ * client_header_timeout has it. The body has only the idle timeout.
+ * Everything here runs on the loop thread, which drives the listener and
+ * runs the timer.
+ */
+struct connection_state {
+    struct gw_server *srv;
+    int fd;
+    bool armed;
+    struct wk_timer head_timer;
+};
+
+static void
+on_head_deadline(void *arg, wk_time now)
+{
+    struct connection_state *cs = arg;
+
+    (void)now;
+    cs->armed = false;
+    gw_log_limited(GW_LOG_WARN, "slow head",
+                   "proxy: closing a connection whose request head did not "
+                   "arrive within client_timeout_ms (%ld ms)",
+                   cs->srv->client_timeout_ms);
+    /* libmicrohttpd still owns the socket: it reads the end of it and
+     * closes the connection itself. */
+    shutdown(cs->fd, SHUT_RDWR);
+}
+
+static void
+arm_head_deadline(struct connection_state *cs)
+{
+    wk_time deadline = wk_clock_now(NULL) + WK_MSEC(cs->srv->client_timeout_ms);
+
+    if (cs->armed)
+        wk_timer_cancel(gw_upstream_timers(cs->srv->upstream), &cs->head_timer);
+    cs->armed =
+        wk_timer_add(gw_upstream_timers(cs->srv->upstream), &cs->head_timer,
+                     deadline, on_head_deadline, cs) == WK_OK;
+}
+
+static void
+disarm_head_deadline(struct connection_state *cs)
+{
+    if (cs->armed)
+        wk_timer_cancel(gw_upstream_timers(cs->srv->upstream), &cs->head_timer);
+    cs->armed = false;
+}
+
+/* Returns the state of conn, or NULL when it has none (out of memory). */
+static struct connection_state *
+connection_state(struct MHD_Connection *conn)
+{
+    const union MHD_ConnectionInfo *info =
+        MHD_get_connection_info(conn, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
+
+    return info != NULL ? info->socket_context : NULL;
 }
 
 /* --- request head ----------------------------------------------------------
@@ -204,6 +268,10 @@ defer_error(struct request *r, enum gw_error_kind kind, const char *message)
 static enum MHD_Result
 on_head(struct request *r, const char *method, const char *version)
 {
+    struct connection_state *cs = connection_state(r->conn);
+
+    if (cs != NULL)
+        disarm_head_deadline(cs);
     r->method = method; /* libmicrohttpd keeps it for the request's life */
     const struct gw_config *cfg = r->config->config;
     const union MHD_ConnectionInfo *info = MHD_get_connection_info(
@@ -378,8 +446,11 @@ on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
     struct gw_server *srv = cls;
     struct request *r = *con_cls;
 
-    (void)conn;
-    (void)code;
+    /* The connection may carry another request: its head has
+     * client_timeout_ms from now. */
+    struct connection_state *cs = connection_state(conn);
+    if (cs != NULL && code == MHD_REQUEST_TERMINATED_COMPLETED_OK)
+        arm_head_deadline(cs);
     if (r == NULL)
         return;
     *con_cls = NULL;
@@ -414,13 +485,27 @@ on_connection(void *cls, struct MHD_Connection *conn, void **socket_context,
               enum MHD_ConnectionNotificationCode code)
 {
     struct gw_server *srv = cls;
+    struct connection_state *cs = *socket_context;
 
-    (void)conn;
-    (void)socket_context;
-    if (code == MHD_CONNECTION_NOTIFY_STARTED)
+    if (code == MHD_CONNECTION_NOTIFY_STARTED) {
         atomic_fetch_add_explicit(&srv->connections, 1, memory_order_relaxed);
-    else if (code == MHD_CONNECTION_NOTIFY_CLOSED)
+        const union MHD_ConnectionInfo *info =
+            MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CONNECTION_FD);
+        cs = info != NULL ? calloc(1, sizeof(*cs)) : NULL;
+        if (cs == NULL)
+            return; /* served without a head deadline */
+        cs->srv = srv;
+        cs->fd = info->connect_fd;
+        *socket_context = cs;
+        arm_head_deadline(cs);
+    } else if (code == MHD_CONNECTION_NOTIFY_CLOSED) {
         atomic_fetch_sub_explicit(&srv->connections, 1, memory_order_relaxed);
+        if (cs != NULL) {
+            disarm_head_deadline(cs);
+            free(cs);
+            *socket_context = NULL;
+        }
+    }
 }
 
 /* Keeps the path and query exactly as received: the gateway forwards them
@@ -474,6 +559,7 @@ gw_proxy_start_daemon(struct gw_server *srv)
     if (cfg->listen.addr.ss_family == AF_INET6)
         flags |= MHD_USE_IPv6;
     srv->max_connections = cfg->limits.max_connections;
+    srv->client_timeout_ms = cfg->limits.client_timeout_ms;
     srv->traffic = MHD_start_daemon(
         flags, 0, on_accept, srv, on_access, srv, MHD_OPTION_EXTERNAL_LOGGER,
         mhd_log, NULL, MHD_OPTION_SOCK_ADDR,
@@ -489,9 +575,13 @@ gw_proxy_start_daemon(struct gw_server *srv)
          * the target without a response. At 0 both reach on_head, which
          * responds with 400. */
         MHD_OPTION_LISTEN_BACKLOG_SIZE, 4096u, MHD_OPTION_STRICT_FOR_CLIENT, 0,
-        MHD_OPTION_LISTENING_ADDRESS_REUSE, 1u, MHD_OPTION_URI_LOG_CALLBACK,
-        on_uri, srv, MHD_OPTION_NOTIFY_COMPLETED, on_completed, srv,
-        MHD_OPTION_UNESCAPE_CALLBACK, keep_escaped, NULL, MHD_OPTION_END);
+        /* No MHD_OPTION_LISTENING_ADDRESS_REUSE: it adds SO_REUSEPORT, and
+         * a second gateway on the same port would then share the traffic
+         * instead of failing to start. libmicrohttpd's default,
+         * SO_REUSEADDR, is enough for a quick restart. */
+        MHD_OPTION_URI_LOG_CALLBACK, on_uri, srv, MHD_OPTION_NOTIFY_COMPLETED,
+        on_completed, srv, MHD_OPTION_UNESCAPE_CALLBACK, keep_escaped, NULL,
+        MHD_OPTION_END);
     if (srv->traffic == NULL) {
         gw_log_error("proxy: cannot listen on %s: %s", cfg->listen.text,
                      strerror(errno));

@@ -40,9 +40,10 @@ struct gw_server {
     _Atomic long connections; /* open client connections */
     _Atomic uint64_t connections_refused; /* past limits.max_connections */
     _Atomic uint64_t next_request_id;
-    _Atomic bool ready;    /* config loaded and listeners up */
-    _Atomic bool draining; /* shutting down: /readyz answers 503 */
-    long max_connections;  /* fixed at start, like the listener */
+    _Atomic bool ready;     /* config loaded and listeners up */
+    _Atomic bool draining;  /* shutting down: /readyz answers 503 */
+    long max_connections;   /* fixed at start, like the listener */
+    long client_timeout_ms; /* fixed at start, like the listener */
     uint16_t traffic_port;
     uint16_t admin_port;
 };

@@ -106,12 +106,35 @@ slow_client_disconnected(void **state)
     close(fd);
 }
 
+static void
+trickling_head_disconnected(void **state)
+{
+    static const char start[] = "GET /x HTTP/1.1\r\nHost: a\r\nX-Pad: ";
+    bool closed = false;
+
+    (void)state;
+    int fd = h_connect(gateway.port);
+    assert_true(fd >= 0);
+    assert_int_equal(h_send_all(fd, start, sizeof(start) - 1), 0);
+    /* One byte every 200 ms keeps the connection from ever being idle for
+     * client_timeout_ms (1 s), but the head as a whole must still arrive
+     * within it. Up to 8 s of this: without a head deadline it never
+     * ends. */
+    for (int i = 0; i < 40 && !closed; i++) {
+        if (send(fd, "a", 1, MSG_NOSIGNAL) != 1 || closed_within(fd, 200))
+            closed = true;
+    }
+    close(fd);
+    assert_true(closed);
+}
+
 int
 main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(connections_past_limit_refused),
         cmocka_unit_test(slow_client_disconnected),
+        cmocka_unit_test(trickling_head_disconnected),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
