@@ -544,8 +544,8 @@ gw_proxy_start_daemon(struct gw_server *srv)
 {
     const struct gw_config *cfg = srv->current->config;
     /* No thread of its own: the upstream loop drives the daemon
-     * (gw_server_start), so a request is read, proxied and answered on one
-     * thread. */
+     * (gw_server_start), so a request is read, proxied and responded to on
+     * one thread. */
     unsigned flags =
         MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG;
     unsigned timeout_s =
