@@ -170,7 +170,31 @@ struct head_check {
     bool host_seen;
     const char *content_length; /* the first value seen */
     bool transfer_encoding;
+    const char *value_end; /* just past the previous field's value */
 };
+
+/* The maximum bytes of line ends and trailing whitespace looked at between
+ * two fields; a wider gap is not checked. */
+#define FIELD_GAP_MAX 1024
+
+/*
+ * Returns true when the bytes between the end of one field's value and the
+ * start of what follows hold more than line ends and whitespace.
+ * libmicrohttpd 0.9.75 parses the head in place and ends a value at a NUL
+ * byte, so the rest of a value cut that way is left in this gap. A gap it
+ * cannot measure (the next field elsewhere in memory) is not checked.
+ */
+static bool
+gap_has_text(const char *from, const char *to)
+{
+    if (from == NULL || to <= from || to - from > FIELD_GAP_MAX)
+        return false;
+    for (const char *c = from; c < to; c++) {
+        if (*c != '\0' && *c != '\r' && *c != '\n' && *c != ' ' && *c != '\t')
+            return true;
+    }
+    return false;
+}
 
 static bool
 is_tchar(unsigned char c)
@@ -200,6 +224,10 @@ check_field(void *arg, enum MHD_ValueKind kind, const char *name,
     if (hc->problem == NULL && value != NULL && value_size > 0 &&
         (uintptr_t)value < (uintptr_t)name)
         hc->problem = "a header field uses obsolete line folding";
+    if (hc->problem == NULL && gap_has_text(hc->value_end, name))
+        hc->problem = "a header field value contains NUL";
+    if (value != NULL)
+        hc->value_end = value + value_size;
     if (value != NULL && hc->problem == NULL) {
         if (strlen(value) != value_size)
             hc->problem = "a header field value contains CR, LF or NUL";
@@ -243,14 +271,22 @@ check_field(void *arg, enum MHD_ValueKind kind, const char *name,
  * the head is acceptable.
  *
  * NOTE: libmicrohttpd 0.9.75 cuts a header value at a NUL byte before this
- * check runs, so the rest of that value is dropped rather than rejected.
+ * check runs. The bytes it leaves behind are found (gap_has_text), but a
+ * NUL with nothing after it on its line looks like the line's end and is
+ * dropped rather than rejected.
  */
 static const char *
-check_head_fields(struct MHD_Connection *conn, const char *version)
+check_head_fields(struct MHD_Connection *conn, const char *method,
+                  size_t head_size, const char *version)
 {
     struct head_check hc = {0};
 
     MHD_get_connection_values_n(conn, MHD_HEADER_KIND, check_field, &hc);
+    /* After the last field comes the end of the head, which starts at the
+     * method. */
+    if (hc.problem == NULL && head_size > 0 &&
+        gap_has_text(hc.value_end, method + head_size))
+        hc.problem = "a header field value contains NUL";
     if (hc.problem == NULL && !hc.host_seen &&
         strcmp(version, MHD_HTTP_VERSION_1_1) == 0)
         hc.problem = "an HTTP/1.1 request must have a Host field";
@@ -306,7 +342,8 @@ on_head(struct request *r, const char *method, const char *version)
     if (normalize_target(r) != 0)
         return reply_error(r, GW_KIND_BAD_REQUEST, NULL, "%s",
                            r->deferred_message);
-    const char *framing = check_head_fields(r->conn, version);
+    const char *framing = check_head_fields(
+        r->conn, method, info != NULL ? info->header_size : 0, version);
     if (framing != NULL)
         return reply_error(r, GW_KIND_BAD_REQUEST, NULL, "%s", framing);
 

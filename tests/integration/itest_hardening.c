@@ -125,8 +125,7 @@ static const struct raw_case framing_cases[] = {
      "GET /open/x HTTP/1.1\r\nHost: a\r\nX-A: one\r\n two\r\n\r\n", 400},
     {"folded line after a tab",
      "GET /open/x HTTP/1.1\r\nX-A: one\r\n\ttwo\r\nHost: a\r\n\r\n", 400},
-    {"space in the target", "GET /open/a b HTTP/1.1\r\nHost: a\r\n\r\n",
-     400},
+    {"space in the target", "GET /open/a b HTTP/1.1\r\nHost: a\r\n\r\n", 400},
     {"HTTP/1.1 without Host", "GET /open/x HTTP/1.1\r\n\r\n", 400},
     {"dot segment", "GET /open/../admin HTTP/1.1\r\nHost: a\r\n\r\n", 400},
     {"encoded dot segment",
@@ -165,10 +164,27 @@ framing_attacks_rejected(void **state)
         /* One response, with one head. */
         const char *second = strstr(out, "\nHTTP/1.");
         if (second != NULL)
-            fail_msg("case '%s': more than one status line:\n%s", c->what,
-                     out);
+            fail_msg("case '%s': more than one status line:\n%s", c->what, out);
     }
     /* None of them reached the upstream. */
+    assert_int_equal(h_upstream_requests(&upstream), 0);
+}
+
+static void
+nul_in_header_rejected(void **state)
+{
+    /* Sizes spelled out: the requests hold NUL bytes. */
+    static const char middle[] = "GET /open/x HTTP/1.1\r\nHost: a\r\n"
+                                 "X-A: a\0b\r\nX-B: c\r\n\r\n";
+    static const char last[] = "GET /open/x HTTP/1.1\r\nHost: a\r\n"
+                               "X-A: a\0b\r\n\r\n";
+    char out[4096];
+
+    (void)state;
+    assert_int_equal(h_upstream_reset(&upstream), 0);
+    assert_int_equal(raw_status(middle, sizeof(middle) - 1, out, sizeof(out)),
+                     400);
+    assert_int_equal(raw_status(last, sizeof(last) - 1, out, sizeof(out)), 400);
     assert_int_equal(h_upstream_requests(&upstream), 0);
 }
 
@@ -389,6 +405,7 @@ main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(framing_attacks_rejected),
+        cmocka_unit_test(nul_in_header_rejected),
         cmocka_unit_test(encoded_path_matches_plain),
         cmocka_unit_test(chunked_body_over_limit_413),
         cmocka_unit_test(head_over_limit_431),
