@@ -349,7 +349,18 @@ connect_traffic(void)
 
     if (fd < 0)
         fail("socket failed", strerror(errno));
-    if (connect(fd, (struct sockaddr *)&addr, sizeof(addr)) != 0)
+    /* libFuzzer's timeout timer (SIGALRM) can interrupt a connect that
+     * waits for the handshake; it is retried, for up to 30 s in all. */
+    int rc;
+    long long give_up = now_ms() + 30000;
+    while ((rc = connect(fd, (struct sockaddr *)&addr, sizeof(addr))) != 0 &&
+           errno == EINTR && now_ms() < give_up) {
+        close(fd);
+        fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        if (fd < 0)
+            fail("socket failed", strerror(errno));
+    }
+    if (rc != 0)
         fail("cannot connect to the gateway", strerror(errno));
     int one = 1;
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
