@@ -94,9 +94,9 @@ send_error(struct request *r, enum gw_error_kind kind, const char *allow,
            const char *message)
 {
     if (kind == GW_KIND_CLIENT_CLOSED) {
-        /* Nobody reads a response: counted and logged, and the connection
-         * closes without one, as nginx does. A client that only shut down
-         * its sending side sees the close too. */
+        /* The client has left, so no response is sent: the request is
+         * counted and logged, and the connection closes, as in nginx. A
+         * client that only shut down its sending side gets the close too. */
         gw_metrics_request(request_metrics(r), gw_error_kind_status(kind),
                            wk_clock_now(NULL) - r->started);
         access_log(r, gw_error_kind_status(kind), gw_error_kind_name(kind));
@@ -189,8 +189,8 @@ bodiless_response(long status, const struct gw_header_list *list)
         return MHD_create_response_from_buffer(0, (void *)"",
                                                MHD_RESPMEM_PERSISTENT);
     /* Without a declared length (a chunked upstream response) the length
-     * stays unknown, so the head says chunked as the GET's would, rather
-     * than claim 0. libmicrohttpd 0.9.75 then writes a last chunk after
+     * stays unknown, so the head declares chunked coding as the GET's would,
+     * rather than claim 0. libmicrohttpd 0.9.75 then writes a last chunk after
      * the head, which a keep-alive client would read as the start of the
      * next response: the connection closes after this one instead. */
     if (!declared) {

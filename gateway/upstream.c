@@ -731,10 +731,10 @@ drain_queues(struct gw_upstream *up)
         start(up, submitted);
         submitted = next;
     }
-    /* Cancellations and unpauses are taken one at a time: finishing one
-     * call can free a request whose call waits further on in either queue,
-     * and finish() takes a call out of both under the lock first, so what
-     * is still queued is alive. */
+    /* Cancellations and unpauses are taken one at a time, because finishing
+     * one call can free a request whose call waits further on in a queue.
+     * finish() takes a call out of both queues under the lock first, so a
+     * call still queued is alive. */
     for (;;) {
         pthread_mutex_lock(&up->lock);
         struct gw_upstream_call *c = up->cancel_head;

@@ -223,14 +223,15 @@ void gw_upstream_close_body(struct gw_upstream *up,
 
 /*
  * A watch on a client socket for the peer hanging up. libmicrohttpd does not
- * look at a suspended connection's socket, so a request waiting in a queue
- * would not notice a client that left; the loop's epoll does it instead.
+ * look at a suspended connection's socket, so the loop's epoll watches it for
+ * a request that waits.
+ *
  * The caller fills fd and the callbacks and keeps the watch's memory valid
- * until on_release() has run. A watch without on_release is for a caller on
- * the loop thread whose watch outlives the loop's current round anyway: it
- * is never queued for release, so it can be armed again at once. Both callbacks
- * run on the loop thread (or, for on_release() after the loop has ended, in
- * gw_upstream_destroy()).
+ * until on_release() has run. A watch without on_release is never queued for
+ * release, so it can be armed again at once; it is for a caller on the loop
+ * thread whose memory outlives the loop's current round. Both callbacks run
+ * on the loop thread, or, for on_release() after the loop has ended, in
+ * gw_upstream_destroy().
  */
 struct gw_hangup_watch {
     int fd;

@@ -217,8 +217,8 @@ head_of_chunked_body_closes(void **state)
 
     (void)state;
     exchange(requests, buf, sizeof(buf), NULL);
-    /* The head says chunked, as the GET's would, and claims no length.
-     * libmicrohttpd writes a last chunk after it, so the connection
+    /* The head declares chunked coding, as the GET's would, and claims no
+     * length. libmicrohttpd writes a last chunk after it, so the connection
      * closes rather than let the next response follow those bytes. */
     const char *end = strstr(buf, "\r\n\r\n");
     assert_non_null(end);
